@@ -1,0 +1,279 @@
+"""Serving benchmark: the service's decoding path vs the way public re-implementations decode.
+
+  python -m benchmarks.serving --bundle runs/beauty/bundle --data runs/beauty/data \\
+      --out benchmarks/results/serving-cpu.json
+
+(a) service: requests go through the real ``MicroBatcher`` (cap = the batch size, 2 ms wait) into
+    ``Recommender``: one encoder call per batch (history encoded once per request), one step call per
+    level over batch × beam, the STATIC-style prefix index for the masks, explanations included.
+    Closed loop: ``batch size`` concurrent clients, each sending its next request when answered.
+(b) peer-style: one request at a time, the same ONNX graphs (with the cross-attention K/V cache when
+    the bundle has it, as HF ``generate`` caches encoder K/V), and a per-beam Python dict trie consulted
+    through a ``prefix_allowed_tokens(beam, prefix)`` callback that fills the mask beam by beam (the
+    transformers ``PrefixConstrainedLogitsProcessor`` pattern used by TIGER/LC-Rec re-implementations).
+
+The service runs with the K/V graphs and, for comparison, with the reference step graph that
+re-projects the memory for every beam (``--kv-cache both``). Both decoders decode the same
+histories with the same k, beam and exclude_seen; the top-k of every request is compared.
+Prints a table and the throughput ratio and writes JSON with the command in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from service.batcher import MicroBatcher
+from service.beam_search import log_softmax
+from service.bundle import cpu_limit, load_bundle
+from service.metrics import ServiceMetrics
+from service.recommender import Query, Recommender
+
+
+def read_histories(data: Path | None, n_items: int, count: int, seed: int) -> tuple[list[list[int]], str]:
+    """Real test histories (all but the last item) from a prepared dataset, or random ones (said so)."""
+    rng = np.random.default_rng(seed)
+    if data is not None:
+        rows = [json.loads(line)["items"] for line in (data / "sequences.jsonl").read_text().splitlines()]
+        chosen = rng.choice(len(rows), size=min(count, len(rows)), replace=False)
+        return [list(rows[i][:-1]) for i in chosen], f"test histories of {data / 'sequences.jsonl'}"
+    lengths = rng.integers(3, 20, size=count)
+    return [rng.integers(0, n_items, size=n).tolist() for n in lengths], "random histories (no --data given)"
+
+
+class PeerDecoder:
+    """One request at a time, per-beam Python dict trie through a prefix-allowed-tokens callback."""
+
+    def __init__(self, recommender: Recommender) -> None:
+        self.recommender = recommender
+        sids = recommender.snapshot.sids
+        self.trie: dict[tuple[int, ...], list[int]] = {}
+        self.leaf: dict[tuple[int, ...], int] = {}
+        for item, ident in enumerate(sids.tolist()):
+            for s in range(len(ident)):
+                children = self.trie.setdefault(tuple(ident[:s]), [])
+                if ident[s] not in children:
+                    children.append(ident[s])
+            self.leaf[tuple(ident)] = item
+
+    def prefix_allowed_tokens(self, prefix: tuple[int, ...], seen: set[int]) -> list[int]:
+        allowed = self.trie.get(prefix, [])
+        if len(prefix) == self.recommender.snapshot.sids.shape[1] - 1:
+            allowed = [c for c in allowed if self.leaf[(*prefix, c)] not in seen]
+        return allowed
+
+    def recommend(self, history: list[int], k: int, beam: int) -> list[int]:
+        memory, mask = self.recommender.encode([history], self.recommender.snapshot.sids)  # (1, T, d)
+        memory = self.recommender.decoder_input(memory)  # the cross-attention K/V when the bundle has them
+        depth = self.recommender.snapshot.sids.shape[1]
+        seen = set(history)
+        beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
+        for _ in range(depth):
+            n = len(beams)
+            prefix = np.array([p for p, _ in beams], dtype=np.int64).reshape(n, -1)  # (n, S)
+            logp = log_softmax(self.recommender.step(np.repeat(memory, n, 0), np.repeat(mask, n, 0), prefix))
+            k_codes = logp.shape[1]
+            masked = np.full_like(logp, -np.inf)
+            for b, (p, _) in enumerate(beams):  # the per-beam callback loop
+                allowed = self.prefix_allowed_tokens(p, seen)
+                masked[b, allowed] = logp[b, allowed]
+            scores = (np.array([s for _, s in beams], dtype=np.float32)[:, None] + masked).reshape(-1)
+            order = np.argsort(-scores, kind="stable")[:beam]
+            beams = [
+                ((*beams[i // k_codes][0], int(i % k_codes)), float(scores[i]))
+                for i in order
+                if np.isfinite(scores[i])
+            ]
+        return [self.leaf[p] for p, _ in beams[:k]]
+
+
+async def closed_loop(recommender: Recommender, queries: list[Query], clients: int, wait_ms: float) -> dict:
+    metrics = ServiceMetrics()
+    mask_seconds = [0.0]
+
+    def observe(depth: int, step: float, mask: float) -> None:
+        metrics.observe_step(depth, step, mask)
+        mask_seconds[0] += mask
+
+    batcher = MicroBatcher(
+        max_batch_size=clients, max_wait_ms=wait_ms, queue_size=4 * clients + 16, metrics=metrics
+    )
+    original = recommender.recommend
+    decode_seconds = [0.0]
+
+    def timed(batch: list[Query], on_step: object = None) -> list:
+        started = time.perf_counter()
+        out = original(batch, observe)
+        decode_seconds[0] += time.perf_counter() - started
+        return out
+
+    recommender.recommend = timed  # type: ignore[method-assign]  # the benchmark's own timing seam
+    batcher.start()
+    latencies: list[float] = []
+    results: dict[int, list[int]] = {}
+    cursor = iter(range(len(queries)))
+
+    async def client() -> None:
+        for i in cursor:
+            started = time.perf_counter()
+            hits = await batcher.submit(recommender, queries[i])
+            latencies.append(time.perf_counter() - started)
+            results[i] = [h.item for h in hits]
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    wall = time.perf_counter() - started
+    await batcher.stop()
+    recommender.recommend = original  # type: ignore[method-assign]
+    lat = np.array(latencies) * 1000
+    return {
+        "requests": len(queries),
+        "rps": len(queries) / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "mask_share_of_decode": mask_seconds[0] / decode_seconds[0],
+        "results": results,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.serving",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--bundle", type=Path, required=True, help="bundle directory")
+    parser.add_argument("--data", type=Path, default=None, help="prepared dataset for real histories")
+    parser.add_argument(
+        "--requests", type=int, default=512, help="requests per service run (default: %(default)s)"
+    )
+    parser.add_argument("--peer-requests", type=int, default=128, help="requests for the peer decoder")
+    parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--beam", type=int, default=20)
+    parser.add_argument(
+        "--provider",
+        default="CPUExecutionProvider",
+        help="comma list of onnxruntime providers (default: CPU)",
+    )
+    parser.add_argument(
+        "--kv-cache",
+        choices=["both", "on", "off"],
+        default="both",
+        help="service with the cross-attention K/V graphs, the reference step, or both",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = CPU limit)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving-cpu.json"))
+    parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. what the bundle is)")
+    args = parser.parse_args(argv)
+    command = "python -m benchmarks.serving " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+    bundle = load_bundle(args.bundle, args.provider.split(","), args.threads or cpu_limit())
+    recommender = Recommender(bundle)  # K/V graphs when the bundle has them
+    modes = {"both": [True, False], "on": [True], "off": [False]}[args.kv_cache]
+    if not bundle.manifest.has_kv_cache:
+        modes = [False]
+    histories, source = read_histories(
+        args.data, bundle.manifest.n_items, max(args.requests, args.peer_requests), 0
+    )
+    queries = [
+        Query(h, args.k, args.beam, exclude_seen=True, explain=True) for h in histories[: args.requests]
+    ]
+    for q in queries[:8]:  # warm-up: graph initialisation, allocator
+        recommender.recommend([q])
+
+    peer = PeerDecoder(recommender)
+    peer_latencies, peer_results = [], {}
+    started = time.perf_counter()
+    for i, history in enumerate(histories[: args.peer_requests]):
+        t0 = time.perf_counter()
+        peer_results[i] = peer.recommend(history, args.k, args.beam)
+        peer_latencies.append(time.perf_counter() - t0)
+    peer_wall = time.perf_counter() - started
+    peer_lat = np.array(peer_latencies) * 1000
+    peer_row = {
+        "requests": args.peer_requests,
+        "rps": args.peer_requests / peer_wall,
+        "p50_ms": float(np.percentile(peer_lat, 50)),
+        "p99_ms": float(np.percentile(peer_lat, 99)),
+    }
+
+    rows = []
+    for kv_cache in modes:
+        served = Recommender(bundle, kv_cache=kv_cache)
+        for size in [int(b) for b in args.batch_sizes.split(",")]:
+            row = asyncio.run(closed_loop(served, queries, size, wait_ms=2.0))
+            results = row.pop("results")
+            compared = [i for i in peer_results if i in results]
+            row["identical_topk"] = sum(results[i] == peer_results[i] for i in compared)
+            row["compared"] = len(compared)
+            row["batch_size"] = size
+            row["kv_cache"] = kv_cache
+            rows.append(row)
+
+    best = max(rows, key=lambda r: r["rps"])
+    rated = [r for r in rows if r["p99_ms"] <= 100]
+    report = {
+        "command": command,
+        "bundle_id": bundle.bundle_id,
+        "bundle": str(args.bundle),
+        "note": args.note,
+        "histories": source,
+        "provider": bundle.provider,
+        "threads": args.threads or cpu_limit(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_limit": cpu_limit(),
+            "platform": platform.platform(),
+            "load_avg_1m": os.getloadavg()[0],
+        },
+        "n_items": bundle.manifest.n_items,
+        "id_spec": bundle.manifest.id_spec.model_dump(),
+        "k": args.k,
+        "beam": args.beam,
+        "peer_style": peer_row,
+        "service": rows,
+        "ratio_best_service_vs_peer_rps": best["rps"] / peer_row["rps"],
+        "best_rps_at_p99_le_100ms": max((r["rps"] for r in rated), default=0.0),
+        "bars": {
+            "ratio>=5": best["rps"] / peer_row["rps"] >= 5,
+            "mask_share<=5%": best["mask_share_of_decode"] <= 0.05,
+            ">=150 rps at p99<=100ms": max((r["rps"] for r in rated), default=0.0) >= 150,
+        },
+    }
+    print(
+        f"bundle {bundle.bundle_id} ({bundle.manifest.n_items} items), {bundle.provider}, "
+        f"k={args.k} beam={args.beam}"
+    )
+    print(
+        f"{'decoder':<22}{'batch':>6}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'mask %':>8}{'same top-k':>12}"
+    )
+    print(
+        f"{'peer-style (1 by 1)':<26}{1:>6}{peer_row['rps']:>10.1f}{peer_row['p50_ms']:>10.1f}"
+        f"{peer_row['p99_ms']:>10.1f}{'':>8}{'(reference)':>12}"
+    )
+    for r in rows:
+        print(
+            f"{'service ' + ('kv-cache' if r['kv_cache'] else 'ref-step'):<26}{r['batch_size']:>6}"
+            f"{r['rps']:>10.1f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}"
+            f"{100 * r['mask_share_of_decode']:>8.1f}{r['identical_topk']:>6}/{r['compared']:<5}"
+        )
+    print(f"\nthroughput ratio (best service / peer-style): {report['ratio_best_service_vs_peer_rps']:.1f}x")
+    print(f"best req/s with p99 <= 100 ms: {report['best_rps_at_p99_le_100ms']:.1f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

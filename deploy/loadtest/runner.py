@@ -1,0 +1,165 @@
+"""The open-loop scheduler: requests leave at scheduled times, whatever the service is doing.
+
+Each step draws its send times up front (Poisson or uniform gaps at the offered rate). A dispatcher
+sleeps until each time and starts the request as its own task, so a slow answer never delays the next
+send. At most ``max_concurrency`` requests are in flight; a request that has to wait for a slot keeps
+its scheduled time, so the wait shows up in its latency instead of silently lowering the rate. A
+request not answered within ``timeout_s`` of its scheduled time is abandoned and counted as a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+from deploy.loadtest.checks import check_recommendation
+from deploy.loadtest.config import LoadTestConfig
+from deploy.loadtest.report import LoadTestReport, Outcome, summarise_step
+from deploy.loadtest.workload import (
+    Catalogue,
+    PlannedRequest,
+    Workload,
+    dataset_histories,
+    random_histories,
+)
+from training.errors import DataError
+
+__all__ = ["arrival_offsets", "run_load_test"]
+
+#: Concurrency of the untimed history seeding before the first step.
+SEED_CONCURRENCY = 16
+
+
+def arrival_offsets(rate: float, seconds: float, arrivals: str, rng: random.Random) -> list[float]:
+    """Send times (seconds from the step start) for one step at ``rate`` requests/s."""
+    if arrivals == "uniform":
+        return [i / rate for i in range(round(rate * seconds))]
+    offsets, t = [], rng.expovariate(rate)
+    while t < seconds:
+        offsets.append(t)
+        t += rng.expovariate(rate)
+    return offsets
+
+
+class _Client:
+    """Sends planned requests and turns each answer into an ``Outcome`` (checked when it is a 2xx)."""
+
+    def __init__(self, http: httpx.AsyncClient, config: LoadTestConfig, workload: Workload) -> None:
+        self.http = http
+        self.config = config
+        self.workload = workload
+        self.slots = asyncio.Semaphore(config.max_concurrency)
+        self.headers = {"X-API-Key": config.api_key} if config.api_key else {}
+
+    async def send(self, request: PlannedRequest, scheduled: float, step_start: float) -> Outcome:
+        loop = asyncio.get_running_loop()
+        problems: list[str] = []
+        try:
+            async with asyncio.timeout_at(scheduled + self.config.timeout_s), self.slots:
+                response = await self.http.post(request.path, json=request.body, headers=self.headers)
+            status = str(response.status_code)
+            if request.kind != "event" and response.status_code == 200:
+                problems = check_recommendation(
+                    request, response.json(), self.workload.catalogue, self.config.k
+                )
+        except TimeoutError:
+            status = "timeout"
+        except httpx.TransportError as exc:
+            status = type(exc).__name__
+        except ValueError:  # a 200 whose body is not JSON
+            status, problems = "200", ["body is not JSON"]
+        now = loop.time()
+        return Outcome(request.kind, status, now - scheduled, now - step_start, tuple(problems))
+
+
+async def _run_step(client: _Client, rate: float, rng: random.Random) -> list[Outcome]:
+    config = client.config
+    offsets = arrival_offsets(rate, config.step_seconds, config.arrivals, rng)
+    requests = [client.workload.draw(rng) for _ in offsets]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks: list[asyncio.Task[Outcome]] = []
+    with tqdm(total=len(offsets), desc=f"{rate:g} req/s", unit="req", leave=False, disable=None) as bar:
+        for offset, request in zip(offsets, requests, strict=True):
+            delay = start + offset - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(client.send(request, start + offset, start))
+            task.add_done_callback(lambda _: bar.update())
+            tasks.append(task)
+        return list(await asyncio.gather(*tasks))
+
+
+async def _seed_histories(client: _Client) -> dict[str, int]:
+    """Send the seeding events in order per user (they build each user's history oldest first)."""
+    gate = asyncio.Semaphore(SEED_CONCURRENCY)
+    statuses: Counter[str] = Counter()
+
+    async def seed_user(events: list[PlannedRequest]) -> None:
+        async with gate:
+            for event in events:
+                response = await client.http.post(event.path, json=event.body, headers=client.headers)
+                statuses[str(response.status_code)] += 1
+                if not response.is_success:
+                    raise DataError(
+                        f"POST {event.path} while seeding histories: HTTP {response.status_code}: "
+                        f"{response.text[:200]}"
+                    )
+
+    by_user: dict[str, list[PlannedRequest]] = {}
+    for event in client.workload.seed_events():
+        by_user.setdefault(event.body["user_id"], []).append(event)
+    await asyncio.gather(*(seed_user(events) for events in by_user.values()))
+    return dict(statuses)
+
+
+async def _model_info(http: httpx.AsyncClient) -> dict[str, Any]:
+    try:
+        response = await http.get("/v1/model")
+    except httpx.TransportError as exc:
+        raise DataError(f"cannot reach the service at {http.base_url}: {exc!r} (is it running?)") from exc
+    if response.status_code != 200:
+        raise DataError(f"GET /v1/model: HTTP {response.status_code}: {response.text[:200]}")
+    info = response.json()
+    return info if isinstance(info, dict) else {"v1_model": info}
+
+
+async def run_load_test(config: LoadTestConfig, command: str) -> LoadTestReport:
+    """Read the catalogue, seed the users' histories, then run every rate step in order."""
+    rng = random.Random(config.seed)
+    limits = httpx.Limits(
+        max_connections=config.max_concurrency, max_keepalive_connections=config.max_concurrency
+    )
+    async with httpx.AsyncClient(base_url=config.url, limits=limits, timeout=config.timeout_s) as http:
+        model = await _model_info(http)
+        catalogue = await Catalogue.fetch(http)
+        if config.data is not None:
+            histories = dataset_histories(config.data, config.n_users, config.max_history, rng)
+        else:
+            histories = random_histories(catalogue, config.n_users, config.max_history, rng)
+        workload = Workload(config, catalogue, histories, run_tag=secrets.token_hex(4))
+        client = _Client(http, config, workload)
+        report = LoadTestReport(
+            command=command,
+            url=config.url,
+            p99_target_ms=config.p99_target_ms,
+            config={
+                key: str(value) if isinstance(value, Path) else value
+                for key, value in asdict(config).items()
+                if key != "api_key"
+            },
+            model=model,
+            seeding=await _seed_histories(client),
+        )
+        for rate in config.rates:
+            outcomes = await _run_step(client, rate, rng)
+            report.steps.append(summarise_step(rate, config.step_seconds, outcomes, config.p99_target_ms))
+    return report

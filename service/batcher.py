@@ -1,0 +1,129 @@
+"""Micro-batching: many concurrent requests, one model call.
+
+Requests wait in a bounded ``asyncio.Queue``; a single batcher task takes the first waiting request,
+gathers more for at most ``max_wait_ms`` (or until ``max_batch_size``), and runs the batch in a
+worker thread so the event loop keeps accepting requests meanwhile. Every request carries its own
+future: a batch that fails is retried one request at a time so each caller gets its own result or
+its own error. A full queue refuses at once (``Overloaded`` -> 429 + Retry-After) instead of letting
+latency grow without bound for everyone already admitted.
+
+Each job also carries the ``Recommender`` its ids were resolved against; a batch only groups jobs of
+the same one, so after ``/admin/reload`` queued requests still finish on the bundle they started on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from service.errors import Overloaded, ServiceError
+from service.metrics import ServiceMetrics
+from service.recommender import Query, Recommendation, Recommender
+
+__all__ = ["MicroBatcher"]
+
+
+@dataclass
+class _Job:
+    recommender: Recommender
+    query: Query
+    future: asyncio.Future[list[Recommendation]]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    def __init__(
+        self, max_batch_size: int, max_wait_ms: float, queue_size: int, metrics: ServiceMetrics
+    ) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
+        self._metrics = metrics
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="sidrec-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(Overloaded("the service is shutting down", retry_after=1.0))
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    async def submit(self, recommender: Recommender, query: Query) -> list[Recommendation]:
+        job = _Job(recommender, query, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self._metrics.rejected.inc()
+            raise Overloaded(
+                f"request queue is full ({self._queue.maxsize} waiting); retry shortly"
+            ) from None
+        return await job.future
+
+    async def _collect(self) -> list[_Job]:
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                while len(batch) < self.max_batch_size and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            jobs = await self._collect()
+            groups: dict[int, list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault(id(job.recommender), []).append(job)
+            for group in groups.values():
+                await self._run_group(group)
+
+    async def _run_group(self, jobs: list[_Job]) -> None:
+        live = [job for job in jobs if not job.future.done()]  # a caller may have gone away
+        if not live:
+            return
+        started = time.perf_counter()
+        for job in live:
+            self._metrics.queue_wait.observe(started - job.queued_at)
+        self._metrics.batch_size.observe(len(live))
+        recommender = live[0].recommender
+        try:
+            results = await asyncio.to_thread(
+                recommender.recommend, [job.query for job in live], self._metrics.observe_step
+            )
+        except ServiceError as exc:
+            if len(live) == 1:
+                _fail(live[0], exc)
+            else:  # one bad request must not fail its neighbours: retry them one by one
+                for job in live:
+                    await self._run_group([job])
+            return
+        except Exception as exc:  # an unexpected fault: every caller of this batch learns of it
+            for job in live:
+                _fail(job, exc)
+            return
+        for job, result in zip(live, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)
+
+
+def _fail(job: _Job, exc: BaseException) -> None:
+    if not job.future.done():
+        job.future.set_exception(exc)

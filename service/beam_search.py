@@ -1,0 +1,113 @@
+"""Vectorised constrained beam search over batch × beam, in numpy around an ONNX step function.
+
+Semantics are exactly those of docs/CONTRACTS.md §3 (the torch reference is
+``training.generator.beam``; a parity test holds the two together): a level's scores are
+``log_softmax`` over all ``K`` codes, invalid codes become ``-inf`` *after* it, the ``beam × K``
+candidates of a request are ranked by a stable sort on ``-score`` (ties -> lower flat index
+``beam * K + code``), and ``-inf`` beams are dropped. The whole batch advances together: one step
+call, one trie gather and one sort per level, no Python loop over beams, requests or items.
+
+Requests in one batch may ask for different beam widths and ``k``: the batch runs with the widest
+beam and each request keeps only its own top ``beam`` rows (the rest are set to ``-inf``), which
+gives every request exactly the answer it would get alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.constraints import Processor, StepContext, TrieConstraint, apply_processors
+from service.prefix_index import PrefixIndex
+
+__all__ = ["BeamHit", "ConstrainedBeamSearch", "StepFunction", "log_softmax"]
+
+#: ``step(memory (N, T, d) float32, memory_mask (N, T) bool, prefix (N, S) int64) -> logits (N, K)``
+StepFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class BeamHit:
+    """One recommended item: its catalogue row, summed log-probability and semantic ID."""
+
+    item: int
+    score: float
+    codes: tuple[int, ...]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+class ConstrainedBeamSearch:
+    """Beam search restricted to the IDs of ``index``; ``step`` is the generator's step graph."""
+
+    def __init__(self, index: PrefixIndex, step: StepFunction) -> None:
+        self.index = index
+        self.step = step
+        self._trie = TrieConstraint()
+
+    def search(
+        self,
+        memory: np.ndarray,
+        memory_mask: np.ndarray,
+        beams: np.ndarray,
+        ks: np.ndarray,
+        processors: list[Processor] | None = None,
+        on_step: Callable[[int, float, float], None] | None = None,
+    ) -> list[list[BeamHit]]:
+        """Decode a batch: ``memory`` (B, ...) per request (repeated per beam for the step function),
+        ``memory_mask`` (B, T), per-request ``beams``/``ks`` (B,).
+
+        ``processors`` add request constraints on top of the catalogue trie. ``on_step(depth,
+        step_seconds, mask_seconds)`` is told how long each level spent in the step graph and in
+        constraint masking (for metrics and the benchmark).
+        """
+        batch = memory.shape[0]
+        width = int(beams.max())
+        k_codes = self.index.codebook_size
+        chain: list[Processor] = [self._trie, *(processors or [])]
+        scores = np.zeros((batch, 1), dtype=np.float32)  # (B, W_cur): the first level starts from one beam
+        states = np.zeros((batch, 1), dtype=np.int64)  # (B, W_cur) trie node ids
+        prefix = np.zeros((batch, 1, 0), dtype=np.int64)  # (B, W_cur, S)
+        for depth in range(self.index.id_length):
+            current = scores.shape[1]
+            rows = batch * current
+            started = time.perf_counter()
+            logits = self.step(
+                np.repeat(memory, current, axis=0),  # (N, ...)
+                np.repeat(memory_mask, current, axis=0),  # (N, T)
+                prefix.reshape(rows, depth),  # (N, S)
+            )
+            logp = log_softmax(logits.astype(np.float32, copy=False))  # (N, K)
+            masking = time.perf_counter()
+            children = self.index.children(depth, states.reshape(rows))  # (N, K)
+            context = StepContext(depth + 1, children, np.repeat(np.arange(batch), current))
+            logp = apply_processors(logp, context, chain)
+            if on_step is not None:
+                now = time.perf_counter()
+                on_step(depth, masking - started, now - masking)
+            candidates = (scores[:, :, None] + logp.reshape(batch, current, k_codes)).reshape(batch, -1)
+            keep = min(width, candidates.shape[1])
+            order = np.argsort(-candidates, axis=1, kind="stable")[:, :keep]  # (B, W)
+            scores = np.take_along_axis(candidates, order, axis=1)  # (B, W)
+            scores[np.arange(keep)[None, :] >= beams[:, None]] = -np.inf
+            parent, code = order // k_codes, order % k_codes  # (B, W) each
+            flat_parent = parent + (np.arange(batch) * current)[:, None]  # rows into children
+            states = np.maximum(children.reshape(-1)[flat_parent * k_codes + code], 0).astype(np.int64)
+            prefix = np.concatenate(
+                [np.take_along_axis(prefix, parent[:, :, None], axis=1), code[:, :, None]], axis=2
+            )
+        items = self.index.items_of_leaves(states)  # (B, W)
+        return [
+            [
+                BeamHit(int(items[b, j]), float(scores[b, j]), tuple(int(c) for c in prefix[b, j]))
+                for j in range(min(int(ks[b]), scores.shape[1]))
+                if np.isfinite(scores[b, j])
+            ]
+            for b in range(batch)
+        ]

@@ -1,0 +1,146 @@
+"""Load a bundle directory into memory, verifying it against its manifest first.
+
+``load_bundle`` is the only reader of bundle files on the serving side. It checks every file's
+sha256, opens each ONNX graph with explicit providers, and checks the graph's input/output names and
+the ``bundle_id`` stamped into its metadata, so a bundle assembled from two exports (or edited by
+hand) is refused with a ``BundleError`` naming the file, before any request is served.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import BundleError
+from service.manifest import Manifest, load_manifest
+from service.prefix_index import PrefixIndex
+
+__all__ = ["Catalogue", "LoadedBundle", "available_providers", "load_bundle"]
+
+log = logging.getLogger("sidrec.bundle")
+
+
+@dataclass
+class Catalogue:
+    """The item rows the service shows; ``index`` of an item is its row (CONTRACTS conventions)."""
+
+    item_ids: list[str]
+    titles: list[str]
+    category_paths: list[list[str]]
+    tag_ids: np.ndarray  # int64 (n_items, n_tag_levels)
+    position: dict[str, int]  # item_id -> row
+
+    @classmethod
+    def read(cls, path: Path, n_items: int) -> Catalogue:
+        item_ids, titles, paths, tags = [], [], [], []
+        with path.open(encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, 1):
+                try:
+                    row = json.loads(line)
+                    if row["index"] != line_no - 1:
+                        raise ValueError(f"index {row['index']} on line {line_no}")
+                    item_ids.append(str(row["item_id"]))
+                    titles.append(str(row["title"]))
+                    paths.append([str(p) for p in row["category_path"]])
+                    tags.append([int(t) for t in row["tags"]])
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise BundleError(f"{path}:{line_no}: bad catalogue row ({exc})") from exc
+        if len(item_ids) != n_items:
+            raise BundleError(f"{path}: {len(item_ids)} rows, the manifest says {n_items} items")
+        return cls(
+            item_ids, titles, paths, np.array(tags, dtype=np.int64), {i: n for n, i in enumerate(item_ids)}
+        )
+
+    def append(self, item_id: str, title: str, category_path: list[str], tags: list[int]) -> int:
+        """Add a cold-start item as a new row and return its index; levels without a tag head are 0."""
+        index = len(self.item_ids)
+        self.item_ids.append(item_id)
+        self.titles.append(title)
+        self.category_paths.append(category_path)
+        width = self.tag_ids.shape[1]
+        row = np.array([(tags + [0] * width)[:width]], dtype=np.int64)  # (1, n_tag_levels), 0 = unknown
+        self.tag_ids = np.concatenate([self.tag_ids, row])
+        self.position[item_id] = index
+        return index
+
+
+@dataclass
+class LoadedBundle:
+    path: Path
+    manifest: Manifest
+    sessions: dict[str, ort.InferenceSession]
+    provider: str  # the provider the graphs actually run on
+    sids: np.ndarray  # int64 (n_items, D)
+    index: PrefixIndex
+    tag_levels: list[list[str]]
+    catalogue: Catalogue
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest.bundle_id
+
+
+def available_providers(requested: list[str]) -> list[str]:
+    """The requested providers this onnxruntime build has, in the requested order (CPU always last)."""
+    have = set(ort.get_available_providers())
+    chosen = [p for p in requested if p in have]
+    return chosen if "CPUExecutionProvider" in chosen else [*chosen, "CPUExecutionProvider"]
+
+
+def cpu_limit() -> int:
+    """CPUs this process may use (cgroup/affinity aware), so intra-op threads never oversubscribe."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
+        raise BundleError(f"{path}: onnxruntime cannot load it ({exc})") from exc
+
+
+def load_bundle(path: Path, providers: list[str], threads: int | None = None) -> LoadedBundle:
+    """Verify and load the bundle at ``path``; raises ``BundleError`` naming what does not match."""
+    manifest = load_manifest(path, verify=True)
+    chosen = available_providers(providers)
+    sessions = {}
+    for name, graph in manifest.graphs.items():
+        session = _session(path / graph.file, chosen, threads or cpu_limit())
+        graph.check_io(name, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        stamped = session.get_modelmeta().custom_metadata_map.get("bundle_id")
+        if stamped != manifest.bundle_id:
+            raise BundleError(
+                f"{path / graph.file}: graph carries bundle_id {stamped!r}, manifest {manifest.bundle_id!r}"
+            )
+        sessions[name] = session
+    provider = sessions["generator_step"].get_providers()[0]
+    try:
+        sids = np.load(path / manifest.tables["sids"].file, allow_pickle=False)
+        tags = json.loads((path / manifest.tables["tags"].file).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{path}: unreadable table ({exc})") from exc
+    spec = manifest.id_spec
+    if sids.shape != (manifest.n_items, spec.id_length) or sids.dtype != np.int64:
+        raise BundleError(
+            f"{path}/sids.npy: {sids.dtype} {sids.shape}, "
+            f"expected int64 ({manifest.n_items}, {spec.id_length})"
+        )
+    index = PrefixIndex.load(path / manifest.tables["prefix_index"].file)
+    if index.n_items != manifest.n_items or index.codebook_size != spec.codebook_size:
+        raise BundleError(f"{path}/prefix_index.npz does not match the manifest's ID spec")
+    catalogue = Catalogue.read(path / manifest.tables["catalogue"].file, manifest.n_items)
+    log.info("loaded bundle %s from %s on %s", manifest.bundle_id, path, provider)
+    return LoadedBundle(path, manifest, sessions, provider, sids, index, tags["levels"], catalogue)

@@ -1,0 +1,240 @@
+"""The serving core: histories in, explained recommendations out, for a whole batch at once.
+
+``Recommender`` owns the loaded bundle and runs the three graphs the way serving needs them: the
+encoder once per request (``(B, T)`` histories), the step graph over batch × beam inside
+``ConstrainedBeamSearch``, and the tag heads once over all returned IDs to explain them. It knows
+nothing of HTTP, queues or Redis, so tests and the benchmark drive it directly.
+
+Cold-start items (``add_item``) are tokenised by ``tokenizer.onnx``, get the smallest free
+disambiguation code under their tuple, and enter a new ``CatalogueSnapshot`` (SID table, prefix
+index, tag-path filter map) that is swapped in atomically: a batch that is already decoding keeps
+the snapshot it started with.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.beam_search import ConstrainedBeamSearch
+from service.bundle import LoadedBundle
+from service.constraints import AllowedItems, ExcludeItems, Processor
+from service.errors import InvalidRequest
+from service.prefix_index import PrefixIndex
+
+__all__ = ["CatalogueSnapshot", "Query", "Recommendation", "Recommender", "TagScore"]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One recommendation request with ids already resolved to catalogue rows."""
+
+    history: list[int]  # rows, oldest first; only the last ``history_length`` are used
+    k: int
+    beam: int
+    exclude_seen: bool = True
+    tag_path: list[str] | None = None
+    explain: bool = True
+
+
+@dataclass(frozen=True)
+class TagScore:
+    tag: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item: int
+    score: float
+    codes: tuple[int, ...]
+    tag_path: list[TagScore] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CatalogueSnapshot:
+    """The decodable catalogue at one moment; replaced (never mutated) when an item is added."""
+
+    sids: np.ndarray  # int64 (n_items, D)
+    index: PrefixIndex
+    by_path: dict[tuple[str, ...], np.ndarray]  # category-path prefix (with or without root) -> rows
+
+    @classmethod
+    def build(cls, sids: np.ndarray, codebook_size: int, paths: list[list[str]]) -> CatalogueSnapshot:
+        groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        for row, path in enumerate(paths):
+            keys = {tuple(path[:n]) for n in range(1, len(path) + 1)}
+            keys |= {tuple(path[1:n]) for n in range(2, len(path) + 1)}  # the root may be left out
+            for key in keys:
+                groups[key].append(row)
+        by_path = {key: np.array(rows, dtype=np.int64) for key, rows in groups.items()}
+        return cls(sids, PrefixIndex.build(sids, codebook_size), by_path)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.sids.shape[0])
+
+
+class Recommender:
+    """Batched, constrained, explained recommendation over one loaded bundle."""
+
+    def __init__(self, bundle: LoadedBundle, kv_cache: bool = True) -> None:
+        """``kv_cache``: decode with the bundle's cross-attention K/V graphs when it has them."""
+        self.bundle = bundle
+        self.kv_cache = kv_cache and bundle.manifest.has_kv_cache
+        spec = bundle.manifest.id_spec
+        self.history_length = bundle.manifest.decoding.history_length
+        self.levels = spec.levels
+        self.codebook_size = spec.codebook_size
+        self.snapshot = CatalogueSnapshot.build(
+            bundle.sids, spec.codebook_size, bundle.catalogue.category_paths
+        )
+        self.max_filter_depth = bundle.manifest.decoding.max_tag_filter_depth
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------ graph calls
+    def encode(self, histories: list[list[int]], sids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Left-pad histories to T: memory (B, T, d) float32 and its mask (B, T) bool."""
+        t = self.history_length
+        tokens = np.zeros((len(histories), t), dtype=np.int64)  # (B, T), 0 = padding
+        for row, history in enumerate(histories):
+            recent = history[-t:]
+            if recent:
+                tokens[row, t - len(recent) :] = np.asarray(recent, dtype=np.int64) + 1
+        codes = sids[np.maximum(tokens - 1, 0)]  # (B, T, D); padding rows are masked out
+        codes[tokens == 0] = 0
+        (memory,) = self.bundle.sessions["generator_encoder"].run(
+            ["memory"], {"history_tokens": tokens, "history_codes": codes}
+        )
+        return memory, tokens > 0
+
+    def decoder_input(self, memory: np.ndarray) -> np.ndarray:
+        """What the step function reads per row: the memory, or its cross-attention K/V (computed once)."""
+        if not self.kv_cache:
+            return memory  # (B, T, d)
+        (cross_kv,) = self.bundle.sessions["generator_cross_kv"].run(["cross_kv"], {"memory": memory})
+        return cross_kv  # (B, layers, 2, h, T, dh)
+
+    def step(self, state: np.ndarray, memory_mask: np.ndarray, prefix: np.ndarray) -> np.ndarray:
+        """Logits (N, K) of the next ID level; ``state`` rows come from ``decoder_input``."""
+        if self.kv_cache:
+            feeds = {"cross_kv": state, "memory_mask": memory_mask, "prefix": prefix}
+            (logits,) = self.bundle.sessions["generator_step_cached"].run(["logits"], feeds)
+        else:
+            feeds = {"memory": state, "memory_mask": memory_mask, "prefix": prefix}
+            (logits,) = self.bundle.sessions["generator_step"].run(["logits"], feeds)
+        return logits  # (N, K)
+
+    def explain(self, codes: np.ndarray) -> list[list[TagScore]]:
+        """Tag path with per-level confidence for each ID (N, D), read from the tag heads."""
+        if codes.shape[0] == 0 or self.bundle.manifest.n_tag_levels == 0:
+            return [[] for _ in range(codes.shape[0])]
+        probs = self.bundle.sessions["tag_heads"].run(None, {"codes": codes[:, : self.levels]})
+        names = self.bundle.tag_levels
+        best = [(p.argmax(axis=1), p.max(axis=1)) for p in probs]  # per level: (N,), (N,)
+        return [
+            [
+                TagScore(names[lvl][int(ids[n])].split(" > ")[-1], float(conf[n]))
+                for lvl, (ids, conf) in enumerate(best)
+            ]
+            for n in range(codes.shape[0])
+        ]
+
+    # ---------------------------------------------------------------------------- recommending
+    def filter_rows(self, tag_path: list[str], snapshot: CatalogueSnapshot) -> np.ndarray:
+        if len(tag_path) > self.max_filter_depth:
+            raise InvalidRequest(
+                f"filter.tag_path: depth {len(tag_path)} exceeds the catalogue's {self.max_filter_depth}"
+            )
+        rows = snapshot.by_path.get(tuple(tag_path))
+        if rows is None:
+            raise InvalidRequest(f"filter.tag_path: no item has the category path {tag_path}")
+        return rows
+
+    def recommend(
+        self, queries: list[Query], on_step: Callable[[int, float, float], None] | None = None
+    ) -> list[list[Recommendation]]:
+        """Answer a batch of queries with one encoder call, one beam search and one explanation call."""
+        snapshot = self.snapshot
+        batch = len(queries)
+        processors: list[Processor] = []
+        if any(q.tag_path for q in queries):
+            allowed = np.ones((batch, snapshot.n_items), dtype=bool)  # (B, n_items)
+            for row, query in enumerate(queries):
+                if query.tag_path:
+                    allowed[row] = False
+                    allowed[row, self.filter_rows(query.tag_path, snapshot)] = True
+            processors.append(AllowedItems(snapshot.index, allowed))
+        if any(q.exclude_seen and q.history for q in queries):
+            excluded = np.zeros((batch, snapshot.n_items), dtype=bool)  # (B, n_items)
+            for row, query in enumerate(queries):
+                if query.exclude_seen:
+                    excluded[row, query.history] = True
+            processors.append(ExcludeItems(snapshot.index, excluded))
+        memory, mask = self.encode([q.history for q in queries], snapshot.sids)
+        hits = ConstrainedBeamSearch(snapshot.index, self.step).search(
+            self.decoder_input(memory),
+            mask,
+            np.array([q.beam for q in queries]),
+            np.array([q.k for q in queries]),
+            processors,
+            on_step,
+        )
+        wanted = [
+            hit for query, request in zip(queries, hits, strict=True) if query.explain for hit in request
+        ]
+        explained = iter(
+            self.explain(
+                np.array([h.codes for h in wanted], dtype=np.int64).reshape(
+                    len(wanted), snapshot.sids.shape[1]
+                )
+            )
+        )
+        return [
+            [Recommendation(h.item, h.score, h.codes, next(explained) if q.explain else []) for h in request]
+            for q, request in zip(queries, hits, strict=True)
+        ]
+
+    # ------------------------------------------------------------------------------ cold start
+    def tokenize(self, embedding: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """One embedding (E,) -> its L codes and its predicted tag id per level."""
+        expected = self.bundle.manifest.embedding_dim
+        if embedding.shape != (expected,):
+            raise InvalidRequest(f"embedding: expected {expected} floats, got {embedding.shape[0]}")
+        if not np.isfinite(embedding).all():
+            raise InvalidRequest("embedding: contains NaN or infinity")
+        codes, *tag_logits = self.bundle.sessions["tokenizer"].run(
+            None, {"embedding": embedding[None].astype(np.float32)}
+        )
+        return codes[0].astype(np.int64), [int(t[0].argmax()) for t in tag_logits]
+
+    def assign_id(self, embedding: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """A new item's full ID (smallest free disambiguation code under its tuple) and tag ids."""
+        codes, tags = self.tokenize(embedding)
+        snapshot = self.snapshot
+        same = (snapshot.sids[:, : self.levels] == codes).all(axis=1)  # (n_items,)
+        used = np.zeros(self.codebook_size, dtype=bool)
+        used[snapshot.sids[same, self.levels]] = True
+        if used.all():
+            raise InvalidRequest(f"embedding: all {self.codebook_size} IDs under {codes.tolist()} are taken")
+        return np.append(codes, np.argmin(used)), tags  # (D,)
+
+    def insert_item(
+        self, item_id: str, sid: np.ndarray, title: str, category_path: list[str], tags: list[int]
+    ) -> int:
+        """Add an item with a known ID (new, or restored from the store) and swap in a new snapshot."""
+        with self._lock:
+            catalogue = self.bundle.catalogue
+            if item_id in catalogue.position:
+                raise InvalidRequest(f"item_id: {item_id!r} is already in the catalogue")
+            snapshot = self.snapshot
+            if (snapshot.sids == sid).all(axis=1).any():
+                raise InvalidRequest(f"item_id {item_id!r}: the ID {sid.tolist()} is already taken")
+            row = catalogue.append(item_id, title, category_path, tags)
+            sids = np.vstack([snapshot.sids, sid[None].astype(np.int64)])  # (n_items + 1, D)
+            self.snapshot = CatalogueSnapshot.build(sids, self.codebook_size, catalogue.category_paths)
+        return row

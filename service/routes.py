@@ -1,0 +1,152 @@
+"""HTTP routes: parse, call ``ServiceState``, return. No business logic and no HTTPException here."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import ApiKey, State
+from service.errors import ERROR_STATUS, ServiceError
+from service.schemas import (
+    MAX_PAGE,
+    BatchRequest,
+    BatchResponse,
+    BatchResult,
+    EventsRequest,
+    EventsResponse,
+    ItemInfo,
+    ItemPage,
+    ItemUpsert,
+    RecommendRequest,
+    RecommendResponse,
+    ReloadRequest,
+)
+
+__all__ = ["router", "status_of"]
+
+router = APIRouter()
+ItemIdPath = Annotated[str, PathParam(min_length=1, max_length=200)]
+
+
+def status_of(exc: ServiceError) -> int:
+    """The one translation from service errors to HTTP status codes (most specific class wins)."""
+    for cls in type(exc).__mro__:
+        if cls in ERROR_STATUS:
+            return ERROR_STATUS[cls]
+    return 400
+
+
+@router.post("/recommend", response_model=RecommendResponse, tags=["recommend"])
+async def recommend(body: RecommendRequest, state: State) -> RecommendResponse:
+    """Top-k items for a history (explicit, or the user's stored events), constrained to real items."""
+    return await state.recommend(body)
+
+
+@router.post("/recommend/batch", response_model=BatchResponse, tags=["recommend"])
+async def recommend_batch(body: BatchRequest, state: State) -> BatchResponse:
+    """Several recommendations in one call; each gets its own result or its own error."""
+    outcomes = await asyncio.gather(*(state.recommend(r) for r in body.requests), return_exceptions=True)
+    results = []
+    for outcome in outcomes:
+        if isinstance(outcome, ServiceError):
+            results.append(BatchResult(status=status_of(outcome), error=str(outcome)))
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            results.append(BatchResult(response=outcome))
+    return BatchResponse(results=results)
+
+
+@router.post("/events", response_model=EventsResponse, dependencies=[ApiKey], tags=["events"])
+async def events(body: EventsRequest, state: State) -> EventsResponse:
+    """Append interactions to a user's history (a capped list; oldest events fall off)."""
+    length = await state.record(body.user_id, body.items)
+    return EventsResponse(user_id=body.user_id, history_length=length, store=state.store.state)
+
+
+@router.get("/items", response_model=ItemPage, tags=["items"])
+async def list_items(
+    state: State,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ItemPage:
+    """The catalogue, including cold-start items, in row order."""
+    total, items = state.items(limit, offset)
+    return ItemPage(total=total, offset=offset, items=items)
+
+
+@router.get("/items/{item_id}", response_model=ItemInfo, tags=["items"])
+async def get_item(item_id: ItemIdPath, state: State) -> ItemInfo:
+    """One item with its semantic ID and the tag path its codes stand for."""
+    return state.item(item_id)
+
+
+@router.put("/items/{item_id}", response_model=ItemInfo, dependencies=[ApiKey], tags=["items"])
+async def put_item(item_id: ItemIdPath, body: ItemUpsert, state: State) -> ItemInfo:
+    """Cold start: tokenise a new item's embedding into a unique ID, recommendable at once."""
+    return await state.register(item_id, body)
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+async def readyz(state: State) -> JSONResponse:
+    """Readiness: a verified bundle is loaded; ``degraded`` while Redis is unreachable (still serving)."""
+    store = state.store.state
+    status = "degraded" if store == "degraded" else "ready"
+    body = {
+        "status": status,
+        "store": store,
+        "bundle_id": state.bundle.bundle_id,
+        "queue": state.batcher.depth,
+    }
+    return JSONResponse(body)
+
+
+@router.get("/metrics", tags=["ops"])
+async def metrics(state: State) -> Response:
+    """Prometheus metrics: latency, batch size, queue wait, beam step time, Redis state."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/model", tags=["ops"])
+async def model_info(state: State) -> dict[str, Any]:
+    """What is being served: bundle id, provider, ID spec, decoding limits, metrics of the run."""
+    bundle = state.bundle
+    manifest = bundle.manifest
+    return {
+        "bundle_id": manifest.bundle_id,
+        "bundle_path": str(bundle.path),
+        "created_at": manifest.created_at,
+        "git_sha": manifest.git_sha,
+        "provider": bundle.provider,
+        "n_items": state.recommender.snapshot.n_items,
+        "n_items_trained": manifest.n_items,
+        "id_spec": manifest.id_spec.model_dump(),
+        "decoding": manifest.decoding.model_dump(),
+        "batching": {
+            "max_batch_size": state.settings.max_batch_size,
+            "max_wait_ms": state.settings.max_wait_ms,
+            "queue_size": state.settings.queue_size,
+        },
+        "store": state.store.state,
+        "metrics": manifest.metrics,
+    }
+
+
+@router.post("/admin/reload", dependencies=[ApiKey], tags=["ops"])
+async def reload(state: State, body: ReloadRequest | None = None) -> dict[str, str]:
+    """Verify and load a bundle, then swap atomically; in-flight requests finish on the old one."""
+    path = Path(body.bundle_path) if body and body.bundle_path else None
+    previous, current = await state.reload(path)
+    return {"previous": previous, "bundle_id": current}

@@ -1,0 +1,187 @@
+"""The wire contract: request and response bodies, with the documented limits.
+
+Limits (also enforced against the bundle's own ``decoding`` maxima):
+``k`` 1..100, ``beam`` 1..100 and >= k, ``history`` at most 500 ids (the model reads the most recent
+``history_length``), ``filter.tag_path`` at most 8 levels, ``/recommend/batch`` at most 64 requests,
+``/events`` at most 100 items per call, ``/items`` pages of at most 1000, item ids at most 200
+characters, request bodies at most ``SIDREC_MAX_BODY_BYTES`` (413 beyond). Unknown fields are
+refused (422 naming the field), so a typo never silently changes the answer.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "BatchRequest",
+    "BatchResponse",
+    "BatchResult",
+    "EventsRequest",
+    "EventsResponse",
+    "ItemInfo",
+    "ItemPage",
+    "ItemUpsert",
+    "RecommendRequest",
+    "RecommendResponse",
+    "RecommendedItem",
+    "ReloadRequest",
+    "TagOut",
+]
+
+MAX_K, MAX_BEAM, MAX_HISTORY, MAX_FILTER_DEPTH, MAX_BATCH, MAX_EVENTS, MAX_PAGE = (
+    100,
+    100,
+    500,
+    8,
+    64,
+    100,
+    1000,
+)
+ItemId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Filter(_Request):
+    tag_path: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1, max_length=MAX_FILTER_DEPTH, description="category path prefix, root optional"
+    )
+
+
+class RecommendRequest(_Request):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"history": ["B004756YJA", "B00027D8IC"], "k": 10, "exclude_seen": True, "explain": True},
+                {"user_id": "u42", "k": 5, "beam": 20, "filter": {"tag_path": ["Skin Care", "Face"]}},
+            ]
+        },
+    )
+
+    user_id: ItemId | None = Field(
+        None, description="read this user's stored history when no history is given"
+    )
+    history: list[ItemId] | None = Field(None, max_length=MAX_HISTORY, description="item ids, oldest first")
+    k: int = Field(10, ge=1, le=MAX_K)
+    beam: int | None = Field(
+        None, ge=1, le=MAX_BEAM, description="beam width (default: max(bundle default, k))"
+    )
+    exclude_seen: bool = True
+    filter: Filter | None = None
+    explain: bool = True
+
+    @model_validator(mode="after")
+    def _beam_covers_k(self) -> RecommendRequest:
+        if self.beam is not None and self.beam < self.k:
+            raise ValueError(f"beam ({self.beam}) must be >= k ({self.k})")
+        if self.user_id is None and not self.history:
+            raise ValueError("give a non-empty history, a user_id, or both")
+        return self
+
+
+class TagOut(BaseModel):
+    tag: str
+    confidence: float
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float = Field(description="summed log-probability of the item's ID")
+    codes: list[int]
+    tag_path: list[TagOut] | None = Field(description="tag per level from the tokenizer's heads (explain)")
+    category_path: list[str]
+    title: str
+
+
+class RecommendResponse(BaseModel):
+    bundle_id: str
+    items: list[RecommendedItem]
+    history_used: int = Field(description="how many history items the model read")
+    cached: bool = False
+
+
+class BatchRequest(_Request):
+    requests: list[RecommendRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchResult(BaseModel):
+    """Either ``response`` or ``error`` (with the HTTP status the request would have had alone)."""
+
+    response: RecommendResponse | None = None
+    status: int = 200
+    error: str | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchResult]
+
+
+class EventsRequest(_Request):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"user_id": "u42", "item_id": "B004756YJA"}]}
+    )
+
+    user_id: ItemId
+    item_id: ItemId | None = None
+    item_ids: list[ItemId] | None = Field(
+        None, max_length=MAX_EVENTS, description="several events, oldest first"
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> EventsRequest:
+        if (self.item_id is None) == (self.item_ids is None):
+            raise ValueError("give exactly one of item_id or item_ids")
+        return self
+
+    @property
+    def items(self) -> list[str]:
+        return [self.item_id] if self.item_id is not None else list(self.item_ids or [])
+
+
+class EventsResponse(BaseModel):
+    user_id: str
+    history_length: int
+    store: str
+
+
+class ItemInfo(BaseModel):
+    item_id: str
+    index: int
+    title: str
+    category_path: list[str]
+    codes: list[int]
+    tag_path: list[TagOut] | None = None
+    cold_start: bool = False
+
+
+class ItemPage(BaseModel):
+    total: int
+    offset: int
+    items: list[ItemInfo]
+
+
+class ItemUpsert(_Request):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"embedding": [0.0, 0.1, -0.2], "title": "new serum", "category_path": ["Beauty"]}]
+        },
+    )
+
+    embedding: list[float] | None = Field(
+        None, description="the item's text embedding (the bundle's embedding_dim)"
+    )
+    text: str | None = Field(None, description="not supported by bundles without a text encoder (422)")
+    title: str = Field("", max_length=1000)
+    category_path: list[str] = Field(default_factory=list, max_length=MAX_FILTER_DEPTH)
+
+
+class ReloadRequest(_Request):
+    bundle_path: str | None = Field(
+        None, description="new bundle directory (default: reload the configured one)"
+    )

@@ -1,0 +1,65 @@
+"""Service settings: one pydantic-settings class read from ``SIDREC_*`` environment variables.
+
+Built by the cached ``get_settings()`` factory (never at import time), so tests and ``python -m
+service`` can set the environment first. Unsafe values fail fast at start-up with the variable's
+name: a non-existent bundle path, a short API key, batching knobs outside sane bounds.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the environment name is ``SIDREC_`` + the field name in capitals."""
+
+    model_config = SettingsConfigDict(env_prefix="SIDREC_", extra="ignore", frozen=True)
+
+    bundle_path: Path = Field(description="bundle directory written by `python -m training export`")
+    redis_url: str = Field("", description="redis://host:port/db; empty = in-process store")
+    redis_key_prefix: str = Field("sidrec", min_length=1, description="namespace of every Redis key")
+    api_key: SecretStr | None = Field(None, description="required by PUT /items, POST /events and /admin/*")
+    providers: str = Field(
+        "CUDAExecutionProvider,CPUExecutionProvider",
+        description="onnxruntime providers in order of preference; unavailable ones are skipped",
+    )
+    kv_cache: bool = Field(True, description="decode with the bundle's cross-attention K/V graphs if present")
+    threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads; 0 = the CPU limit")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="requests per micro-batch at most")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill up")
+    queue_size: int = Field(256, ge=1, le=100_000, description="queued requests before 429")
+    history_cap: int = Field(200, ge=1, le=10_000, description="events kept per user")
+    cache_ttl_s: float = Field(0.0, ge=0, le=3600, description="result cache TTL; 0 = no cache")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("api_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("SIDREC_API_KEY must be at least 16 characters")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def provider_list(self) -> list[str]:
+        return [p.strip() for p in self.providers.split(",") if p.strip()]
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()  # type: ignore[call-arg]  # bundle_path comes from the environment

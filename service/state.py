@@ -1,0 +1,241 @@
+"""The running service: the bundle being served, the store, the batcher, and what routes ask of them.
+
+Routes stay thin: they parse, call one method here, and return. Everything here raises only
+``ServiceError`` subclasses for client mistakes; the app maps them to HTTP in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.batcher import MicroBatcher
+from service.bundle import LoadedBundle, cpu_limit, load_bundle
+from service.errors import InvalidRequest, UnknownItem
+from service.metrics import ServiceMetrics
+from service.recommender import Query, Recommendation, Recommender, TagScore
+from service.schemas import (
+    ItemInfo,
+    ItemUpsert,
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+    TagOut,
+)
+from service.settings import Settings
+from service.store import MemoryStore, RedisStore, Store
+
+__all__ = ["ServiceState"]
+
+log = logging.getLogger("sidrec.service")
+
+
+def _tags(scores: list[TagScore]) -> list[TagOut]:
+    return [TagOut(tag=t.tag, confidence=t.confidence) for t in scores]
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    recommender: Recommender
+    store: Store
+    batcher: MicroBatcher
+    metrics: ServiceMetrics
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    # ------------------------------------------------------------------------------ lifecycle
+    @classmethod
+    async def open(cls, settings: Settings, metrics: ServiceMetrics) -> ServiceState:
+        """Load and verify the bundle (a ``BundleError`` refuses to start), connect the store, batch."""
+        recommender = await asyncio.to_thread(cls._load, settings, settings.bundle_path)
+        store: Store
+        if settings.redis_url:
+            store = RedisStore(settings.redis_url, settings.redis_key_prefix, settings.history_cap, metrics)
+        else:
+            store = MemoryStore(settings.history_cap)
+        state = cls(
+            settings,
+            recommender,
+            store,
+            MicroBatcher(settings.max_batch_size, settings.max_wait_ms, settings.queue_size, metrics),
+            metrics,
+        )
+        await state._attach(recommender)
+        state.batcher.start()
+        log.info(
+            "serving bundle %s on %s, store %s",
+            recommender.bundle.bundle_id,
+            recommender.bundle.provider,
+            store.state,
+        )
+        return state
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+        await self.store.close()
+
+    @staticmethod
+    def _load(settings: Settings, path: Path) -> Recommender:
+        bundle = load_bundle(path, settings.provider_list, settings.threads or cpu_limit())
+        return Recommender(bundle, kv_cache=settings.kv_cache)
+
+    async def _attach(self, recommender: Recommender) -> None:
+        """Publish the bundle's tables and bring in the cold-start items other replicas registered."""
+        bundle = recommender.bundle
+        tables = {"manifest": (bundle.path / "manifest.json").read_bytes()}
+        for name, spec in bundle.manifest.tables.items():
+            tables[name] = (bundle.path / spec.file).read_bytes()
+        await self.store.start(bundle.bundle_id, tables)
+        for row in await self.store.cold_items(bundle.bundle_id):
+            if row["item_id"] not in bundle.catalogue.position:
+                recommender.insert_item(
+                    row["item_id"], np.array(row["codes"]), row["title"], row["category_path"], row["tags"]
+                )
+
+    async def reload(self, path: Path | None) -> tuple[str, str]:
+        """Load and verify another bundle, then swap atomically; queued requests finish on the old one."""
+        async with self.reload_lock:
+            fresh = await asyncio.to_thread(self._load, self.settings, path or self.settings.bundle_path)
+            await self._attach(fresh)
+            previous, self.recommender = self.recommender, fresh
+        log.info("reloaded: %s -> %s", previous.bundle.bundle_id, fresh.bundle.bundle_id)
+        return previous.bundle.bundle_id, fresh.bundle.bundle_id
+
+    @property
+    def bundle(self) -> LoadedBundle:
+        return self.recommender.bundle
+
+    # ---------------------------------------------------------------------------- recommending
+    def _rows(self, recommender: Recommender, item_ids: list[str], field_name: str) -> list[int]:
+        position = recommender.bundle.catalogue.position
+        rows = []
+        for i, item_id in enumerate(item_ids):
+            row = position.get(item_id)
+            if row is None:
+                raise InvalidRequest(f"{field_name}[{i}]: unknown item {item_id!r}")
+            rows.append(row)
+        return rows
+
+    async def _query(self, recommender: Recommender, request: RecommendRequest) -> Query:
+        decoding = recommender.bundle.manifest.decoding
+        beam = request.beam if request.beam is not None else max(decoding.beam, request.k)
+        if request.k > decoding.max_k or beam > decoding.max_beam:
+            raise InvalidRequest(
+                f"k/beam: this bundle allows k <= {decoding.max_k} and beam <= {decoding.max_beam}"
+            )
+        if request.history:
+            history = self._rows(recommender, request.history, "history")
+        else:
+            assert request.user_id is not None  # the schema requires one of them
+            stored = await self.store.history(request.user_id)
+            if not stored:
+                raise InvalidRequest(f"user_id: {request.user_id!r} has no events; send a history")
+            known = recommender.bundle.catalogue.position
+            history = [known[i] for i in stored if i in known]  # items of an older bundle are skipped
+            if not history:
+                raise InvalidRequest(
+                    f"user_id: none of {request.user_id!r}'s events are in this bundle's catalogue"
+                )
+        tag_path = request.filter.tag_path if request.filter else None
+        if tag_path is not None:
+            recommender.filter_rows(tag_path, recommender.snapshot)  # fail fast, before batching
+        return Query(history, request.k, beam, request.exclude_seen, tag_path, request.explain)
+
+    def _response(
+        self, recommender: Recommender, query: Query, hits: list[Recommendation]
+    ) -> RecommendResponse:
+        catalogue = recommender.bundle.catalogue
+        items = [
+            RecommendedItem(
+                item_id=catalogue.item_ids[hit.item],
+                score=hit.score,
+                codes=list(hit.codes),
+                tag_path=_tags(hit.tag_path) if query.explain else None,
+                category_path=catalogue.category_paths[hit.item],
+                title=catalogue.titles[hit.item],
+            )
+            for hit in hits
+        ]
+        used = min(len(query.history), recommender.history_length)
+        return RecommendResponse(bundle_id=recommender.bundle.bundle_id, items=items, history_used=used)
+
+    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        recommender = self.recommender  # one bundle for the whole request, even across a reload
+        query = await self._query(recommender, request)
+        key = None
+        if self.settings.cache_ttl_s > 0:
+            digest = hashlib.sha256(
+                json.dumps([query.__dict__, recommender.snapshot.n_items]).encode()
+            ).hexdigest()
+            key = f"{recommender.bundle.bundle_id}:{digest[:32]}"
+            cached = await self.store.cache_get(key)
+            if cached is not None:
+                self.metrics.cache_hits.inc()
+                return RecommendResponse.model_validate_json(cached).model_copy(update={"cached": True})
+        hits = await self.batcher.submit(recommender, query)
+        response = self._response(recommender, query, hits)
+        if key is not None:
+            await self.store.cache_set(key, response.model_dump_json().encode(), self.settings.cache_ttl_s)
+        return response
+
+    # --------------------------------------------------------------------------------- events
+    async def record(self, user_id: str, item_ids: list[str]) -> int:
+        self._rows(self.recommender, item_ids, "item_ids")
+        return await self.store.append(user_id, item_ids)
+
+    # ---------------------------------------------------------------------------------- items
+    def item(self, item_id: str) -> ItemInfo:
+        recommender = self.recommender
+        row = recommender.bundle.catalogue.position.get(item_id)
+        if row is None:
+            raise UnknownItem(item_id)
+        return self._item_info(recommender, row, explain=True)
+
+    def items(self, limit: int, offset: int) -> tuple[int, list[ItemInfo]]:
+        recommender = self.recommender
+        total = recommender.snapshot.n_items
+        rows = range(offset, min(offset + limit, total))
+        return total, [self._item_info(recommender, row, explain=False) for row in rows]
+
+    def _item_info(self, recommender: Recommender, row: int, explain: bool) -> ItemInfo:
+        catalogue = recommender.bundle.catalogue
+        codes = recommender.snapshot.sids[row]
+        return ItemInfo(
+            item_id=catalogue.item_ids[row],
+            index=row,
+            title=catalogue.titles[row],
+            category_path=catalogue.category_paths[row],
+            codes=codes.tolist(),
+            tag_path=_tags(recommender.explain(codes[None])[0]) if explain else None,
+            cold_start=row >= recommender.bundle.manifest.n_items,
+        )
+
+    async def register(self, item_id: str, body: ItemUpsert) -> ItemInfo:
+        """Cold start: tokenise the embedding, give the item a unique ID, publish it for other replicas."""
+        if body.embedding is None:
+            reason = (
+                "text needs a text encoder, which bundles do not carry yet" if body.text else "it is missing"
+            )
+            raise InvalidRequest(f"embedding: required ({reason}); send the item's embedding")
+        recommender = self.recommender
+        if item_id in recommender.bundle.catalogue.position:
+            raise InvalidRequest(f"item_id: {item_id!r} is already in the catalogue")
+        sid, tags = recommender.assign_id(np.asarray(body.embedding, dtype=np.float32))
+        row = recommender.insert_item(item_id, sid, body.title, body.category_path, tags)
+        record = {
+            "item_id": item_id,
+            "codes": sid.tolist(),
+            "title": body.title,
+            "category_path": body.category_path,
+            "tags": tags,
+            "added_at": time.time(),
+        }
+        await self.store.add_cold_item(recommender.bundle.bundle_id, record)
+        return self._item_info(recommender, row, explain=True)

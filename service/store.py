@@ -1,0 +1,233 @@
+"""Where state that outlives a request lives: user histories, cold-start items, cached results.
+
+Two implementations of one small interface:
+
+- ``MemoryStore``: in-process, the embedded default when no ``SIDREC_REDIS_URL`` is set (and the
+  fallback of ``RedisStore``).
+- ``RedisStore`` (redis-py asyncio), keys under ``{prefix}:``:
+  ``bundle:{bundle_id}:{manifest,sids,catalogue,tags}`` the bundle's tables, published at start for
+  other replicas and tools, ``bundle:current`` the id being served, ``bundle:{bundle_id}:cold_items``
+  (hash item id -> JSON row with its ID) loaded at start so every replica serves the same cold-start
+  items, ``history:{user_id}`` capped lists (RPUSH + LTRIM), ``cache:{bundle_id}:{digest}`` results
+  with a short TTL. Versioning by bundle id means a reload never reads another bundle's tables.
+
+If Redis stops answering, ``RedisStore`` marks itself degraded (``sidrec_redis_up`` = 0, readiness
+says ``degraded``), serves from its in-memory fallback (events written meanwhile go there), and a
+background task reconnects with exponential backoff. Operations use short socket timeouts so a dead
+Redis costs a request milliseconds, not seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from service.metrics import ServiceMetrics
+
+__all__ = ["MemoryStore", "RedisStore", "Store"]
+
+log = logging.getLogger("sidrec.store")
+T = TypeVar("T")
+
+
+class Store(Protocol):
+    @property
+    def state(self) -> str: ...  # "embedded" | "ok" | "degraded"
+
+    async def start(self, bundle_id: str, tables: dict[str, bytes]) -> None: ...
+    async def history(self, user_id: str) -> list[str]: ...
+    async def append(self, user_id: str, item_ids: list[str]) -> int: ...
+    async def cold_items(self, bundle_id: str) -> list[dict[str, Any]]: ...
+    async def add_cold_item(self, bundle_id: str, row: dict[str, Any]) -> None: ...
+    async def cache_get(self, key: str) -> bytes | None: ...
+    async def cache_set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """Everything in process memory; histories capped like the Redis lists."""
+
+    def __init__(self, history_cap: int) -> None:
+        self._cap = history_cap
+        self._histories: dict[str, deque[str]] = {}
+        self._cold: dict[str, dict[str, dict[str, Any]]] = {}
+        self._cache: dict[str, tuple[float, bytes]] = {}
+
+    @property
+    def state(self) -> str:
+        return "embedded"
+
+    async def start(self, bundle_id: str, tables: dict[str, bytes]) -> None:
+        return None
+
+    async def history(self, user_id: str) -> list[str]:
+        return list(self._histories.get(user_id, ()))
+
+    async def append(self, user_id: str, item_ids: list[str]) -> int:
+        history = self._histories.setdefault(user_id, deque(maxlen=self._cap))
+        history.extend(item_ids)
+        return len(history)
+
+    async def cold_items(self, bundle_id: str) -> list[dict[str, Any]]:
+        return list(self._cold.get(bundle_id, {}).values())
+
+    async def add_cold_item(self, bundle_id: str, row: dict[str, Any]) -> None:
+        self._cold.setdefault(bundle_id, {})[row["item_id"]] = row
+
+    async def cache_get(self, key: str) -> bytes | None:
+        hit = self._cache.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            self._cache.pop(key, None)
+            return None
+        return hit[1]
+
+    async def cache_set(self, key: str, value: bytes, ttl_s: float) -> None:
+        if len(self._cache) > 10_000:  # bounded: drop everything expired, then the oldest half
+            now = time.monotonic()
+            self._cache = {k: v for k, v in self._cache.items() if v[0] >= now}
+            for stale in list(self._cache)[: len(self._cache) // 2]:
+                del self._cache[stale]
+        self._cache[key] = (time.monotonic() + ttl_s, value)
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisStore:
+    """Redis-backed store that degrades to memory and reconnects by itself."""
+
+    def __init__(
+        self, url: str, prefix: str, history_cap: int, metrics: ServiceMetrics, timeout_s: float = 0.25
+    ) -> None:
+        self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._prefix = prefix
+        self._cap = history_cap
+        self._metrics = metrics
+        self._fallback = MemoryStore(history_cap)
+        self._up = False
+        self._reconnect: asyncio.Task[None] | None = None
+        self._pending: tuple[str, dict[str, bytes]] | None = None
+
+    @property
+    def state(self) -> str:
+        return "ok" if self._up else "degraded"
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._prefix, *parts))
+
+    def _down(self, exc: BaseException) -> None:
+        self._metrics.store_errors.inc()
+        if self._up or self._reconnect is None or self._reconnect.done():
+            log.warning("redis unavailable (%s): serving from memory, reconnecting", exc)
+        self._up = False
+        self._metrics.redis_up.set(0)
+        if self._reconnect is None or self._reconnect.done():
+            self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = 0.05
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._redis.ping()
+                if self._pending is not None:
+                    await self._publish(*self._pending)
+            except (RedisError, OSError):
+                delay = min(delay * 2, 5.0)
+                continue
+            self._up = True
+            self._metrics.redis_up.set(1)
+            log.info("redis reachable again")
+            return
+
+    async def _call(self, operation: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]) -> T:
+        if self._up:
+            try:
+                return await operation()
+            except (RedisError, OSError) as exc:
+                self._down(exc)
+        return await fallback()
+
+    async def _publish(self, bundle_id: str, tables: dict[str, bytes]) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for name, data in tables.items():
+                pipe.set(self._key("bundle", bundle_id, name), data)
+            pipe.set(self._key("bundle", "current"), bundle_id)
+            await pipe.execute()
+        self._pending = None
+
+    async def start(self, bundle_id: str, tables: dict[str, bytes]) -> None:
+        """Publish the bundle's tables under its id; if Redis is down, publish once it is back."""
+        self._pending = (bundle_id, tables)
+        try:
+            await self._redis.ping()
+            await self._publish(bundle_id, tables)
+        except (RedisError, OSError) as exc:
+            self._down(exc)
+            return
+        self._up = True
+        self._metrics.redis_up.set(1)
+
+    async def history(self, user_id: str) -> list[str]:
+        async def read() -> list[str]:
+            raw = await self._redis.lrange(self._key("history", user_id), -self._cap, -1)
+            return [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
+
+        return await self._call(read, lambda: self._fallback.history(user_id))
+
+    async def append(self, user_id: str, item_ids: list[str]) -> int:
+        key = self._key("history", user_id)
+
+        async def write() -> int:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, *item_ids)
+                pipe.ltrim(key, -self._cap, -1)
+                pipe.llen(key)
+                *_, length = await pipe.execute()
+            return int(length)
+
+        return await self._call(write, lambda: self._fallback.append(user_id, item_ids))
+
+    async def cold_items(self, bundle_id: str) -> list[dict[str, Any]]:
+        async def read() -> list[dict[str, Any]]:
+            rows = await self._redis.hvals(self._key("bundle", bundle_id, "cold_items"))
+            return sorted((json.loads(r) for r in rows), key=lambda row: row["added_at"])
+
+        return await self._call(read, lambda: self._fallback.cold_items(bundle_id))
+
+    async def add_cold_item(self, bundle_id: str, row: dict[str, Any]) -> None:
+        async def write() -> None:
+            await self._redis.hset(
+                self._key("bundle", bundle_id, "cold_items"), row["item_id"], json.dumps(row)
+            )
+
+        await self._call(write, lambda: self._fallback.add_cold_item(bundle_id, row))
+
+    async def cache_get(self, key: str) -> bytes | None:
+        async def read() -> bytes | None:
+            value = await self._redis.get(self._key("cache", key))
+            return value.encode() if isinstance(value, str) else value
+
+        return await self._call(read, lambda: self._fallback.cache_get(key))
+
+    async def cache_set(self, key: str, value: bytes, ttl_s: float) -> None:
+        async def write() -> None:
+            await self._redis.set(self._key("cache", key), value, px=max(1, int(ttl_s * 1000)))
+
+        await self._call(write, lambda: self._fallback.cache_set(key, value, ttl_s))
+
+    async def close(self) -> None:
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect
+        await self._redis.aclose()

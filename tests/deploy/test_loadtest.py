@@ -1,0 +1,119 @@
+"""The load-test harness: its arithmetic and checks on their own, then against the real service."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from deploy.loadtest.checks import check_recommendation
+from deploy.loadtest.config import LoadTestConfig, check_target
+from deploy.loadtest.report import LoadTestReport, Outcome, summarise_step
+from deploy.loadtest.runner import arrival_offsets
+from deploy.loadtest.workload import Catalogue, PlannedRequest
+from training.errors import ConfigError
+
+CATALOGUE = Catalogue(
+    {
+        "a": ("Shop", "Face", "Cream"),
+        "b": ("Shop", "Face", "Serum"),
+        "c": ("Shop", "Hair"),
+        "d": ("Shop", "Face"),
+    }
+)
+
+
+def _answer(*ids: str, scores: list[float] | None = None) -> dict:
+    scores = scores if scores is not None else [-float(i) for i in range(len(ids))]
+    return {
+        "bundle_id": "b1",
+        "items": [{"item_id": i, "score": s} for i, s in zip(ids, scores, strict=True)],
+    }
+
+
+def test_arrivals_are_scheduled_at_the_offered_rate():
+    assert arrival_offsets(4.0, 2.0, "uniform", random.Random(0)) == [
+        0.0,
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+        1.25,
+        1.5,
+        1.75,
+    ]
+    poisson = arrival_offsets(200.0, 50.0, "poisson", random.Random(0))
+    assert abs(len(poisson) - 10_000) < 400  # 4 standard deviations of a Poisson(10 000) count
+    assert poisson == sorted(poisson) and poisson[0] > 0 and poisson[-1] < 50.0
+
+
+def test_only_loopback_targets_unless_named():
+    check_target("http://127.0.0.1:8000", ())
+    check_target("http://localhost:8000", ())
+    with pytest.raises(ConfigError, match=r"--allow-remote 10\.1\.2\.3"):
+        check_target("http://10.1.2.3:8000", ())
+    check_target("http://10.1.2.3:8000", ("10.1.2.3",))
+    with pytest.raises(ConfigError, match="url"):
+        check_target("ftp://127.0.0.1", ())
+
+
+def test_plans_are_bounded():
+    with pytest.raises(ConfigError, match="max_requests"):
+        LoadTestConfig(rates=(1000.0,), step_seconds=60, max_requests=10_000, mix={"history": 1.0})
+    with pytest.raises(ConfigError, match="max_duration_s"):
+        LoadTestConfig(rates=(1.0,) * 10, step_seconds=60, max_duration_s=300, mix={"history": 1.0})
+    with pytest.raises(ConfigError, match="api_key"):
+        LoadTestConfig(mix={"event": 1.0})
+    with pytest.raises(ConfigError, match="mix"):
+        LoadTestConfig(mix={"histories": 1.0})
+
+
+def test_valid_answers_pass_every_check():
+    request = PlannedRequest("filtered", "/recommend", {}, frozenset({"b"}), ("Face",))
+    assert check_recommendation(request, _answer("a", "d"), CATALOGUE, k=10) == []
+    rooted = PlannedRequest("filtered", "/recommend", {}, frozenset(), ("Shop", "Face"))
+    assert check_recommendation(rooted, _answer("a", "b"), CATALOGUE, k=10) == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (_answer("a", "zzz"), "unknown item 'zzz'"),
+        (_answer("a", "a"), "duplicate items"),
+        (_answer("b"), "in the history"),
+        (_answer("c"), "outside the filter"),
+        (_answer("a", "d", scores=[-2.0, -1.0]), "not sorted by score"),
+        ({"items": _answer("a")["items"]}, "bundle_id missing"),
+        (_answer(), "0 items returned"),
+        (_answer("a", "d", "a", "b"), "4 items returned, expected 1..3"),
+        ({"bundle_id": "b1", "items": "a"}, "items is not a list"),
+    ],
+)
+def test_each_wrong_answer_is_caught(answer, problem):
+    request = PlannedRequest("filtered", "/recommend", {}, frozenset({"b"}), ("Face",))
+    problems = check_recommendation(request, answer, CATALOGUE, k=3)
+    assert any(problem in found for found in problems), problems
+
+
+def test_a_step_passes_only_when_fast_and_every_answer_valid():
+    fast = [Outcome("history", "200", 0.010, 0.1 * i) for i in range(100)]
+    step = summarise_step(10.0, 10.0, fast, p99_target_ms=100.0)
+    assert step.within_target and step.achieved_rps == 10.0 and step.latency_ms["p50"] == pytest.approx(10.0)
+    one_invalid = [*fast[:-1], Outcome("history", "200", 0.01, 9.9, ("unknown item 'x'",))]
+    assert summarise_step(10.0, 10.0, one_invalid, 100.0).invalid_responses == 1
+    assert not summarise_step(10.0, 10.0, one_invalid, 100.0).within_target
+    with_500 = [*fast[:-1], Outcome("history", "500", 0.01, 9.9)]
+    assert summarise_step(10.0, 10.0, with_500, 100.0).server_errors == 1
+    slow_tail = [*fast[:-2], *(Outcome("user", "timeout", 2.0, 11.0) for _ in range(2))]
+    slow = summarise_step(10.0, 10.0, slow_tail, 100.0)
+    assert slow.client_failures == 2 and slow.latency_ms["max"] == 2000.0 and not slow.within_target
+
+
+def test_capacity_is_the_highest_passing_rate():
+    report = LoadTestReport(command="x", url="u", p99_target_ms=100.0, config={}, model={})
+    for rate, latency in ((10.0, 0.01), (20.0, 0.05), (40.0, 0.5)):
+        outcomes = [Outcome("history", "200", latency, 0.01 * i) for i in range(50)]
+        report.steps.append(summarise_step(rate, 5.0, outcomes, 100.0))
+    assert report.max_rps_within_p99_target == 20.0
+    assert report.to_json()["max_rps_within_p99_target"] == 20.0
+    assert "20 req/s" in report.table()

@@ -1,0 +1,135 @@
+"""The vectorised beam search against a plain per-beam Python reference of CONTRACTS §3.
+
+The reference below is deliberately the obvious implementation (one request, one beam, a dict trie,
+``sorted`` with an explicit tie-break key); the numpy search must give identical items, order and
+scores (to float32 rounding) on random tries, beam widths, ``k`` and allowed-item sets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.beam_search import ConstrainedBeamSearch, log_softmax
+from service.constraints import AllowedItems, ExcludeItems, StepContext, TrieConstraint
+from service.errors import InvalidRequest
+from service.prefix_index import PrefixIndex
+
+
+def make_step(k: int, depth: int, seed: int):
+    """A deterministic toy generator step: logits depend on the memory and on every prefix code."""
+    table = np.random.default_rng(seed).normal(size=(depth, k, k)).astype(np.float32) * 2  # (D, K, K)
+
+    def step(memory: np.ndarray, mask: np.ndarray, prefix: np.ndarray) -> np.ndarray:
+        logits = (memory * mask[:, :, None]).sum(axis=1)[:, :k].copy()  # (N, K)
+        for j in range(prefix.shape[1]):
+            logits += table[j, prefix[:, j]]
+        return logits
+
+    return step
+
+
+def reference_search(sids, step, memory, mask, beam, k, allowed, excluded):
+    """One request at a time, a Python list of beams, prefixes checked against a set of allowed IDs;
+    excluded IDs are removed from the allowed leaves only (their prefixes stay valid)."""
+    allowed_ids = {tuple(int(c) for c in sids[i]): i for i in range(len(sids)) if allowed[i]}
+    prefixes = {ident[:s] for ident in allowed_ids for s in range(len(ident))}
+    prefixes |= {ident for ident, i in allowed_ids.items() if not excluded[i]}
+    beams = [((), 0.0)]
+    for _ in range(sids.shape[1]):
+        cands = []
+        for b, (pre, score) in enumerate(beams):
+            prefix = np.array([pre], dtype=np.int64).reshape(1, len(pre))
+            logp = log_softmax(step(memory[None], mask[None], prefix))[0]
+            for code, lp in enumerate(logp):
+                value = score + float(lp) if (*pre, code) in prefixes else -math.inf
+                cands.append((-value, b * len(logp) + code, (*pre, code), value))
+        cands.sort(key=lambda c: (c[0], c[1]))
+        beams = [(c[2], c[3]) for c in cands[:beam] if c[3] > -math.inf]
+    return [(allowed_ids[pre], score) for pre, score in beams[:k]]
+
+
+def random_sids(rng, n, k, depth):
+    sids = np.unique(rng.integers(0, k, size=(n, depth)), axis=0)
+    rng.shuffle(sids)
+    return sids
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), dense_levels=st.integers(0, 4), constrained=st.booleans())
+def test_matches_reference(seed: int, dense_levels: int, constrained: bool) -> None:
+    rng = np.random.default_rng(seed)
+    k, depth, batch = 5, 4, 6
+    sids = random_sids(rng, 60, k, depth)
+    index = PrefixIndex.build(sids, k, dense_levels=dense_levels)
+    step = make_step(k, depth, seed)
+    memory = rng.normal(size=(batch, 3, 8)).astype(np.float32)
+    mask = rng.random((batch, 3)) > 0.3
+    beams = rng.integers(1, 12, size=batch)
+    ks = np.minimum(rng.integers(1, 12, size=batch), beams)
+    allowed = rng.random((batch, len(sids))) > 0.6 if constrained else np.ones((batch, len(sids)), bool)
+    allowed[:, 0] = True
+    excluded = rng.random((batch, len(sids))) > 0.7 if constrained else np.zeros((batch, len(sids)), bool)
+    processors = [AllowedItems(index, allowed), ExcludeItems(index, excluded)] if constrained else []
+    hits = ConstrainedBeamSearch(index, step).search(memory, mask, beams, ks, processors)
+    for b in range(batch):
+        expected = reference_search(
+            sids, step, memory[b], mask[b], int(beams[b]), int(ks[b]), allowed[b], excluded[b]
+        )
+        assert [h.item for h in hits[b]] == [item for item, _ in expected]
+        np.testing.assert_allclose([h.score for h in hits[b]], [s for _, s in expected], rtol=1e-5)
+        for hit in hits[b]:
+            assert hit.codes == tuple(sids[hit.item])
+
+
+def test_full_beam_returns_every_item_once() -> None:
+    rng = np.random.default_rng(1)
+    sids = random_sids(rng, 200, 8, 3)
+    index = PrefixIndex.build(sids, 8)
+    memory = rng.normal(size=(1, 2, 8)).astype(np.float32)
+    hits = ConstrainedBeamSearch(index, make_step(8, 3, 1)).search(
+        memory, np.ones((1, 2), bool), np.array([len(sids)]), np.array([len(sids)])
+    )[0]
+    assert sorted(h.item for h in hits) == list(range(len(sids)))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
+
+
+def test_processors_do_not_mutate_input() -> None:
+    rng = np.random.default_rng(2)
+    sids = random_sids(rng, 40, 6, 3)
+    index = PrefixIndex.build(sids, 6)
+    scores = rng.normal(size=(2, 6)).astype(np.float32)
+    before = scores.copy()
+    first = StepContext(1, index.children(0, np.zeros(2, dtype=np.int64)), np.array([0, 1]))
+    allowed = rng.random((2, len(sids))) > 0.5
+    last = StepContext(3, index.children(2, np.zeros(2, dtype=np.int64)), np.array([0, 1]))
+    for processor, context in (
+        (TrieConstraint(), first),
+        (AllowedItems(index, allowed), first),
+        (ExcludeItems(index, ~allowed), last),
+    ):
+        out = processor(scores, context)
+        assert out is not scores
+        np.testing.assert_array_equal(scores, before)
+
+
+def test_unsatisfiable_constraint_raises() -> None:
+    index = PrefixIndex.build(np.array([[0, 1], [1, 0]]), 2)
+    with pytest.raises(InvalidRequest, match="request 1"):
+        AllowedItems(index, np.array([[True, False], [False, False]]))
+
+
+def test_prefix_index_round_trip(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    sids = random_sids(rng, 300, 16, 4)
+    index = PrefixIndex.build(sids, 16)
+    index.save(tmp_path / "p.npz")
+    again = PrefixIndex.load(tmp_path / "p.npz")
+    states = np.arange(len(index.leaf_start[2]) - 1)
+    np.testing.assert_array_equal(index.children(2, states), again.children(2, states))
+    np.testing.assert_array_equal(sids[again.leaf_item], sids[np.lexsort(sids.T[::-1])])

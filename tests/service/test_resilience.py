@@ -1,0 +1,133 @@
+"""Redis outages, overload and the import boundary: the service keeps answering and says so."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.batcher import MicroBatcher
+from service.bundle import load_bundle
+from service.errors import Overloaded
+from service.metrics import ServiceMetrics
+from service.recommender import Query, Recommender
+from tests.service.conftest import API_KEY, free_port, settings_for, start_redis_server
+from tests.training.export.tiny_run import TinyRun
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def some_history(client: TestClient) -> list[str]:
+    return [row["item_id"] for row in client.get("/items", params={"limit": 3}).json()["items"]]
+
+
+def test_dead_redis_degrades_but_serves(tiny_run: TinyRun) -> None:
+    settings = settings_for(tiny_run.bundle, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/readyz").json()
+        assert ready["status"] == "degraded" and ready["store"] == "degraded"
+        history = some_history(client)
+        assert client.post("/recommend", json={"history": history, "k": 3}).status_code == 200
+        events = client.post(
+            "/events", json={"user_id": "u", "item_ids": history}, headers={"X-API-Key": API_KEY}
+        )
+        assert events.status_code == 200 and events.json()["store"] == "degraded"
+        by_user = client.post("/recommend", json={"user_id": "u", "k": 3})  # from the in-memory fallback
+        assert by_user.status_code == 200 and by_user.json()["history_used"] == 3
+        assert "sidrec_redis_up 0.0" in client.get("/metrics").text
+
+
+def test_redis_restart_is_picked_up(tiny_run: TinyRun, tmp_path: Path) -> None:
+    port = free_port()
+    server = start_redis_server(port, tmp_path)
+    settings = settings_for(tiny_run.bundle, redis_url=f"redis://127.0.0.1:{port}/0")
+    try:
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/readyz").json()["store"] == "ok"
+            server.terminate()
+            server.wait(10)
+            history = some_history(client)
+            events = client.post(
+                "/events", json={"user_id": "u", "item_ids": history}, headers={"X-API-Key": API_KEY}
+            )
+            assert events.status_code == 200 and events.json()["store"] == "degraded"
+            assert client.get("/readyz").json()["status"] == "degraded"
+            server = start_redis_server(port, tmp_path)
+            deadline = time.monotonic() + 15
+            while client.get("/readyz").json()["store"] != "ok":
+                assert time.monotonic() < deadline, "did not reconnect within 15 s"
+                time.sleep(0.1)
+            assert client.post("/recommend", json={"history": history}).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_full_queue_refuses_quickly_and_admitted_requests_finish(tiny_run: TinyRun) -> None:
+    recommender = Recommender(load_bundle(tiny_run.bundle, ["CPUExecutionProvider"], threads=1))
+    query = Query(history=[1, 2, 3], k=5, beam=20)
+
+    async def flood() -> tuple[int, int]:
+        batcher = MicroBatcher(max_batch_size=2, max_wait_ms=1, queue_size=4, metrics=ServiceMetrics())
+        batcher.start()
+        outcomes = await asyncio.gather(
+            *(batcher.submit(recommender, query) for _ in range(40)), return_exceptions=True
+        )
+        await batcher.stop()
+        served = [o for o in outcomes if isinstance(o, list)]
+        assert all(o == served[0] for o in served), "every admitted request gets the same, real answer"
+        return len(served), sum(isinstance(o, Overloaded) for o in outcomes)
+
+    served, refused = asyncio.run(flood())
+    assert served >= 4 and refused >= 1 and served + refused == 40
+
+
+def test_overload_is_429_with_retry_after(tiny_run: TinyRun) -> None:
+    settings = settings_for(tiny_run.bundle, queue_size=1, max_batch_size=1, max_wait_ms=0)
+    with TestClient(create_app(settings)) as client:
+        history = some_history(client)
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(
+                pool.map(
+                    lambda _: client.post("/recommend", json={"history": history, "beam": 60}), range(48)
+                )
+            )
+    statuses = {r.status_code for r in responses}
+    assert statuses == {200, 429}, statuses
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["Retry-After"] == "1" and "queue is full" in refused.text
+
+
+def test_service_never_imports_torch_or_training(tiny_run: TinyRun) -> None:
+    code = (
+        "import sys, service.app, service.__main__, service.bundle, service.recommender\n"
+        "from service.app import create_app\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'training'})\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+def test_cli_refuses_a_tampered_bundle(tiny_run: TinyRun, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_run.bundle, copy)
+    sids = np.load(copy / "sids.npy")
+    np.save(copy / "sids.npy", sids[::-1].copy())
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--bundle", str(copy)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "refusing to serve" in result.stderr and "sids.npy: sha256" in result.stderr

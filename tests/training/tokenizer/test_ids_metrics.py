@@ -1,0 +1,62 @@
+"""Unique-ID assignment and the ID metrics, on hand-made code tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from training.errors import DataError
+from training.tokenizer.ids import assign_unique_ids
+from training.tokenizer.metrics import codebook_stats, collision_stats, prefix_tag_purity, tag_accuracy
+
+CODES = np.array([[1, 2], [1, 2], [0, 1], [1, 2], [3, 3]])
+TAGS = np.array([[1, 2], [1, 3], [2, 0], [1, 2], [2, 2]])
+
+
+def test_disambiguation_orders_a_shared_tuple_by_distance_then_index() -> None:
+    sids = assign_unique_ids(CODES, np.array([0.5, 0.1, 0.3, 0.1, 0.0]), codebook_size=4)
+    assert sids.tolist() == [[1, 2, 2], [1, 2, 0], [0, 1, 0], [1, 2, 1], [3, 3, 0]]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 3), st.integers(0, 10_000))
+def test_ids_are_unique_deterministic_and_keep_the_codes(n: int, levels: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 3, (n, levels))
+    distances = rng.random(n).round(1)  # ties on purpose
+    sids = assign_unique_ids(codes, distances, codebook_size=64)
+    assert len(np.unique(sids, axis=0)) == n
+    assert np.array_equal(sids[:, :levels], codes)
+    assert np.array_equal(sids, assign_unique_ids(codes.copy(), distances.copy(), codebook_size=64))
+
+
+def test_too_many_items_on_one_tuple_is_a_clear_error() -> None:
+    with pytest.raises(DataError, match=r"3 items share the code tuple \[1, 2\]"):
+        assign_unique_ids(CODES, np.zeros(5), codebook_size=2)
+
+
+def test_empty_catalogue_is_a_clear_error() -> None:
+    with pytest.raises(DataError, match="empty catalogue"):
+        assign_unique_ids(np.zeros((0, 3), dtype=np.int64), np.zeros(0), codebook_size=4)
+
+
+def test_collision_and_codebook_metrics() -> None:
+    stats = collision_stats(CODES)
+    assert stats["collision_rate"] == pytest.approx(1 - 3 / 5)
+    assert stats["max_items_per_id"] == 3
+    assert stats["items_per_id_histogram"] == {"1": 2, "3": 1}
+    books = codebook_stats(CODES, codebook_size=4)
+    assert books["codebook_usage"] == [0.75, 0.75]
+    p = np.array([3, 1, 1]) / 5
+    assert books["codebook_perplexity"][0] == pytest.approx(np.exp(-(p * np.log(p)).sum()))
+
+
+def test_tag_accuracy_and_purity_exclude_unknown() -> None:
+    assert tag_accuracy(np.array([[1, 2], [2, 2], [2, 9]]), np.array([[1, 2], [1, 0], [2, 9]])) == [
+        2 / 3,
+        1.0,
+    ]
+    # level 1: prefix (1,2) holds tags 2,3,2 -> 2 of 3; (0,1) is unknown; (3,3) holds 2 -> 1 of 1
+    assert prefix_tag_purity(CODES, TAGS) == [1.0, 0.75]

@@ -1,0 +1,138 @@
+"""End to end on a small synthetic catalogue with configs/tokenizer/test.toml, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.__main__ import main
+from training.config import load_config
+from training.data import Dataset
+from training.data.raw import BuildOptions
+from training.data.synthetic import SyntheticConfig, generate
+from training.data.text import embed_texts
+from training.errors import ConfigError, DataError
+from training.tokenizer import TokenizerConfig, load_tokenizer
+from training.tokenizer.ids import assign_unique_ids
+from training.tokenizer.train import check_inputs
+
+REPO = Path(__file__).resolve().parents[3]
+TEST_CONFIG = REPO / "configs" / "tokenizer" / "test.toml"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("tokenizer")
+    data = root / "data"
+    generate(SyntheticConfig(n_items=800, n_users=600), BuildOptions(min_tag_count=5)).save(data)
+    out = root / "tok"
+    assert main(["tokenizer", "--data", str(data), "--out", str(out), "--config", str(TEST_CONFIG)]) == 0
+    return data, out
+
+
+def test_run_folder_follows_the_contract(run: tuple[Path, Path]) -> None:
+    data, out = run
+    n_items = Dataset.load(data).n_items
+    sids = np.load(out / "sids.npy", allow_pickle=False)
+    spec = json.loads((out / "sids.json").read_text())
+    assert spec == {
+        "levels": 3,
+        "codebook_size": 32,
+        "id_length": 4,
+        "disambiguation_level": 3,
+        "mode": "hidvae",
+    }
+    assert sids.dtype == np.int64 and sids.shape == (n_items, 4)
+    assert len(np.unique(sids, axis=0)) == n_items
+    assert sids.min() >= 0 and sids.max() < 32
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("collision_rate", "max_items_per_id", "unique_ids_after_resolution", "tag_accuracy",
+                "codebook_usage", "codebook_perplexity", "reconstruction_mse", "prefix_tag_purity",
+                "train_seconds", "command"):  # fmt: skip
+        assert key in metrics, key
+    assert metrics["unique_ids_after_resolution"] == n_items
+    assert metrics["command"].startswith("python -m training tokenizer --data")
+    assert (out / "config.toml").is_file()
+
+
+def test_assignment_is_deterministic_from_the_saved_model(run: tuple[Path, Path]) -> None:
+    data, out = run
+    model, config = load_tokenizer(out)
+    dataset = Dataset.load(data)
+    x = torch.from_numpy(embed_texts(dataset.item_texts(), config.encoder, data / "cache"))
+    latents, codes = model.latents_and_codes(x)
+    with torch.no_grad():
+        distances = (latents - model.quantizer.codewords_from_indices(codes).sum(1)).norm(dim=-1)
+    again = assign_unique_ids(codes.numpy(), distances.numpy(), config.model.codebook_size)
+    assert np.array_equal(again, np.load(out / "sids.npy"))
+
+
+def test_tag_heads_beat_the_majority_class_on_held_out_items(run: tuple[Path, Path]) -> None:
+    data, out = run
+    tags = Dataset.load(data).tag_ids
+    metrics = json.loads((out / "metrics.json").read_text())
+    for level, accuracy in enumerate(metrics["tag_accuracy"]):
+        known = tags[:, level][tags[:, level] > 0]
+        majority = np.bincount(known).max() / len(known)
+        assert accuracy > majority + 0.1, (level, accuracy, majority)
+
+
+def test_codes_to_codewords_to_decoder_round_trip(run: tuple[Path, Path]) -> None:
+    data, out = run
+    model, config = load_tokenizer(out)
+    sids = torch.from_numpy(np.load(out / "sids.npy"))
+    x = torch.from_numpy(embed_texts(Dataset.load(data).item_texts(), config.encoder, data / "cache"))
+    with torch.no_grad():
+        forward = model(x, torch.zeros(len(x), 3, dtype=torch.long)).reconstruction
+        assert torch.allclose(model.decode_codes(sids[:, :3]), forward, atol=1e-5)
+
+
+def test_cli_reports_a_bad_config_in_one_line(
+    run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out = run
+    args = ["tokenizer", "--data", str(data), "--out", str(out.parent / "bad"), "--config", str(TEST_CONFIG)]
+    assert main([*args, "--set", "model.levels=4"]) == 2
+    assert "model.levels = 4 but the data has 3 tag levels" in capsys.readouterr().err
+
+
+def _inputs(n: int = 20) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 8)).astype(np.float32), rng.integers(1, 4, (n, 3)), [4, 4, 4]
+
+
+def test_empty_catalogue_is_refused() -> None:
+    with pytest.raises(DataError, match="catalogue is empty"):
+        check_inputs(np.zeros((0, 8), np.float32), np.zeros((0, 3), np.int64), [4, 4, 4], TokenizerConfig())
+
+
+def test_nan_embeddings_are_refused() -> None:
+    x, tags, classes = _inputs()
+    x[7, 3] = np.nan
+    with pytest.raises(DataError, match="NaN/inf for 1 items \\(first: item index 7\\)"):
+        check_inputs(x, tags, classes, TokenizerConfig())
+
+
+def test_a_level_with_a_single_class_is_refused() -> None:
+    x, tags, classes = _inputs()
+    tags[:, 2] = np.where(np.arange(20) % 2, 1, 0)  # only "<other>" and unknown
+    with pytest.raises(DataError, match=r"tag level 2 .* has 1 known class"):
+        check_inputs(x, tags, classes, TokenizerConfig())
+
+
+def test_more_code_levels_than_tag_levels_is_refused_in_hidvae_only() -> None:
+    x, tags, classes = _inputs()
+    config = TokenizerConfig()
+    config.model.levels = 4
+    with pytest.raises(ConfigError, match=r"model\.levels = 4 but the data has 3 tag levels"):
+        check_inputs(x, tags, classes, config)
+    config.model.mode = "rqvae"
+    check_inputs(x, tags, classes, config)
+
+
+def test_committed_default_config_is_the_dataclass_default() -> None:
+    assert load_config(TokenizerConfig, REPO / "configs" / "tokenizer" / "default.toml") == TokenizerConfig()

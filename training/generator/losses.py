@@ -1,0 +1,172 @@
+"""Training objective: ID cross-entropy + H2Rec alignment losses + the optional dot-product head.
+
+``L = ce + item_weight * L_item + seq_weight * L_seq + dot_weight * L_dot`` — each weight lives in
+``LossConfig`` and is applied exactly once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.generator.model import EncoderState, SidrecGenerator
+
+__all__ = [
+    "GeneratorObjective",
+    "LossConfig",
+    "LossParts",
+    "code_guided_alignment",
+    "generator_loss",
+    "masked_granularity_loss",
+]
+
+
+@dataclass
+class LossConfig:
+    """Weights and temperatures (H2Rec defaults: 0.1 / 0.1, tau 0.5 / 1.0)."""
+
+    item_weight: float = 0.1
+    seq_weight: float = 0.1
+    dot_weight: float = 1.0
+    item_temperature: float = 0.5
+    seq_temperature: float = 1.0
+
+
+@dataclass
+class LossParts:
+    total: Tensor
+    parts: dict[str, float]
+
+
+@dataclass
+class PositiveTables:
+    """Torch copies of ``AlignmentPositives`` (on the training device)."""
+
+    neighbours: Tensor  # (n_items, P) int64, -1 = none
+    weights: Tensor  # (n_items, P) float32
+    tuple_ids: Tensor  # (n_items,) int64
+
+
+def code_guided_alignment(
+    semantic: Tensor, hashed: Tensor, items: Tensor, positives: PositiveTables, temperature: float
+) -> Tensor:
+    """Weighted multi-positive InfoNCE between e_S and E_H of distinct items, both directions (cosine).
+
+    ``items`` (n,) must be unique so that a duplicate never acts as its own negative. Positive weights:
+    the item itself 1, PMI neighbours their weight in [0.3, 1], same code tuple 1.
+    """
+    n = items.shape[0]
+    slot = torch.full((positives.tuple_ids.shape[0],), -1, dtype=torch.long, device=items.device)
+    slot[items] = torch.arange(n, device=items.device)
+    neighbour_slot = slot[positives.neighbours[items].clamp(min=0)]  # (n, P)
+    present = (positives.neighbours[items] >= 0) & (neighbour_slot >= 0)
+    weights = torch.zeros(n, n + 1, device=items.device)  # column n swallows absent neighbours
+    weights.scatter_reduce_(
+        1,
+        torch.where(present, neighbour_slot, torch.full_like(neighbour_slot, n)),
+        positives.weights[items],
+        reduce="amax",
+    )
+    weights = weights[:, :n]
+    tuples = positives.tuple_ids[items]
+    weights = torch.maximum(weights, (tuples[:, None] == tuples[None, :]).float())  # includes self
+    sim = F.normalize(semantic, dim=-1) @ F.normalize(hashed, dim=-1).T / temperature  # (n, n)
+    forward = -(weights * sim.log_softmax(1)).sum(1) / weights.sum(1)
+    backward = -(weights.T * sim.T.log_softmax(1)).sum(1) / weights.T.sum(1)
+    return 0.5 * (forward.mean() + backward.mean())
+
+
+def masked_granularity_loss(model: SidrecGenerator, state: EncoderState, temperature: float) -> Tensor:
+    """Mask the ⌊L/2⌋ lowest-gate levels, re-run the backbone, contrast last-position user vectors.
+
+    Symmetric InfoNCE over the batch (the full and masked views of one user are positives) so the
+    sequence representation does not hinge on fine-grained levels alone.
+    """
+    assert state.gate is not None and state.hash_states is not None
+    n_masked = model.config.levels // 2
+    if n_masked == 0:
+        return state.gate.new_zeros(())
+    lowest = state.gate.topk(n_masked, dim=-1, largest=False).indices  # (B, T, m)
+    masked = torch.zeros_like(state.gate, dtype=torch.bool).scatter(-1, lowest, True)  # (B, T, L)
+    full = F.normalize(state.hash_states[:, -1], dim=-1)  # (B, d): left padding -> last = last real
+    partial = F.normalize(model.masked_hash_states(state, masked)[:, -1], dim=-1)
+    sim = full @ partial.T / temperature  # (B, B)
+    labels = torch.arange(sim.shape[0], device=sim.device)
+    return 0.5 * (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels))
+
+
+def generator_loss(
+    model: SidrecGenerator,
+    inputs: Tensor,
+    targets: Tensor,
+    sid_table: Tensor,
+    positives: PositiveTables | None,
+    config: LossConfig,
+    hash_tokens: Tensor | None = None,
+) -> LossParts:
+    """Loss over every position of left-padded chunks.
+
+    inputs/targets (B, T) tokens (``targets[:, t]`` follows ``inputs[:, t]``); ``sid_table`` (n_items+1, D)
+    maps tokens to codes (row 0 = padding); ``hash_tokens`` optionally replaces some inputs by the
+    unknown-item token for the hash branch only (cold-start training).
+    """
+    state = model.encode_state(inputs if hash_tokens is None else hash_tokens, sid_table[inputs])
+    valid = (inputs > 0) & (targets > 0)  # (B, T)
+    rows, cols = valid.nonzero(as_tuple=True)  # M positions
+    target_items = targets[rows, cols] - 1  # (M,)
+    parts: dict[str, Tensor] = {}
+    c = model.config
+    if c.generative:
+        t = inputs.shape[1]
+        visible = state.mask[rows] & (torch.arange(t, device=inputs.device) <= cols[:, None])  # (M, T)
+        target_codes = sid_table[target_items + 1]  # (M, D)
+        logits = model.id_logits(state.memory[rows], visible, target_codes)  # (M, D, K)
+        parts["ce"] = F.cross_entropy(logits.reshape(-1, c.codebook_size), target_codes.reshape(-1))
+    if config.dot_weight > 0 or not c.generative:
+        users = model.user_vectors(state.memory[rows, cols])  # (M, item_dim)
+        scores = users @ model.item_table(sid_table[1:]).T  # (M, n_items)
+        parts["dot"] = F.cross_entropy(scores, target_items)
+    if c.use_hash and c.use_semantic:
+        if positives is not None and config.item_weight > 0:
+            items = target_items.unique()
+            semantic = model.semantic_embedding(model.level_views(sid_table[items + 1]))
+            parts["item"] = code_guided_alignment(
+                semantic, model.hash_embedding(items + 1), items, positives, config.item_temperature
+            )
+        if config.seq_weight > 0:
+            parts["seq"] = masked_granularity_loss(model, state, config.seq_temperature)
+    weights = {
+        "ce": 1.0,
+        "dot": config.dot_weight if c.generative else 1.0,
+        "item": config.item_weight,
+        "seq": config.seq_weight,
+    }
+    total = sum(
+        (weights[name] * value for name, value in parts.items()),
+        start=inputs.new_zeros((), dtype=torch.float32),
+    )
+    return LossParts(total, {name: float(value.detach()) for name, value in parts.items()})
+
+
+class GeneratorObjective(nn.Module):
+    """The model plus its loss as one module, so DDP wraps a single ``forward`` (gradient sync hooks)."""
+
+    def __init__(
+        self, model: SidrecGenerator, sid_table: Tensor, positives: PositiveTables | None, config: LossConfig
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.sid_table = sid_table
+        self.positives = positives
+        self.config = config
+
+    def forward(
+        self, inputs: Tensor, targets: Tensor, hash_tokens: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        parts = generator_loss(
+            self.model, inputs, targets, self.sid_table, self.positives, self.config, hash_tokens
+        )
+        return parts.total, parts.parts

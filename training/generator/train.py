@@ -1,0 +1,327 @@
+"""Training loop for the generator: one process, or many under ``torchrun`` (DDP, gloo/nccl).
+
+Model selection and early stopping use full-ranking NDCG@10 on a fixed subset of *validation* users;
+the test split is never touched here (``python -m training evaluate`` reports it). The run folder gets
+``generator.pt`` (plain state_dict + config, loadable with ``weights_only=True``), a copy of the IDs
+(``sids.npy`` / ``sids.json``), ``run.json`` (where data and IDs came from), ``config.toml`` and
+``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from training.config import config_to_dict, dump_toml
+from training.data import Dataset
+from training.errors import ConfigError, DataError
+from training.evaluate.metrics import ranking_metrics, target_ranks
+from training.evaluate.ranking import RankingInputs, full_ranking_top
+from training.generator.beam import PrefixTrie
+from training.generator.cooccurrence import alignment_positives
+from training.generator.losses import GeneratorObjective, LossConfig, PositiveTables
+from training.generator.model import GeneratorConfig, SidrecGenerator
+
+__all__ = [
+    "EvalConfig",
+    "GeneratorRunConfig",
+    "TrainConfig",
+    "TrainedRun",
+    "load_ids",
+    "load_run",
+    "train_generator",
+    "training_chunks",
+]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    #: share of history items whose hash token is swapped for the "unknown item" row, so that the
+    #: model learns to serve cold items from their semantic views alone
+    hash_dropout: float = 0.1
+    #: validations without improvement before stopping
+    patience: int = 4
+    #: validate every this many epochs
+    eval_every: int = 1
+    #: wall-clock budget for training in minutes (0 = none): the epoch that crosses it is validated
+    #: and training stops, so a config can promise "<= 60 min on this machine"
+    max_minutes: float = 0.0
+    #: torch intra-op threads; 1 is fastest on small shared CPUs (2 threads spin against other work)
+    threads: int = 1
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    beam: int = 20
+    #: validation users used for model selection (fixed, seeded subset; 0 = all)
+    valid_users: int = 2000
+    negatives: int = 100
+    seed: int = 0
+    batch_size: int = 256
+    #: histories up to this many items count as "short" in the breakdown
+    short_history: int = 5
+
+
+@dataclass
+class GeneratorRunConfig:
+    model: GeneratorConfig = field(default_factory=GeneratorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.eval.beam < 10:
+            raise ConfigError(f"eval.beam must be >= 10 to report @10 metrics, got {self.eval.beam}")
+
+
+@dataclass
+class TrainedRun:
+    model: SidrecGenerator
+    config: GeneratorRunConfig
+    sids: np.ndarray  # (n_items, D)
+    metrics: dict[str, Any]
+
+
+def load_ids(ids_dir: Path, n_items: int) -> tuple[np.ndarray, int]:
+    """Read ``sids.npy`` + ``sids.json`` (CONTRACTS §2) and check them against the dataset."""
+    sids_path, meta_path = ids_dir / "sids.npy", ids_dir / "sids.json"
+    for path in (sids_path, meta_path):
+        if not path.is_file():
+            raise DataError(f"{path} does not exist (run `python -m training tokenizer --out {ids_dir}`)")
+    sids = np.load(sids_path, allow_pickle=False)
+    meta = json.loads(meta_path.read_text())
+    codebook_size = int(meta.get("codebook_size", 0))
+    if sids.ndim != 2 or sids.shape[0] != n_items:
+        raise DataError(f"{sids_path}: shape {sids.shape}, expected ({n_items}, id_length) for this dataset")
+    if sids.shape[1] != meta.get("id_length"):
+        raise DataError(
+            f"{meta_path}: id_length {meta.get('id_length')} != {sids.shape[1]} columns in sids.npy"
+        )
+    if sids.min() < 0 or sids.max() >= codebook_size:
+        raise DataError(f"{sids_path}: codes must lie in [0, {codebook_size}) (codebook_size in sids.json)")
+    if len(np.unique(sids, axis=0)) != n_items:
+        raise DataError(f"{sids_path}: IDs are not unique; every item needs its own ID")
+    return sids.astype(np.int64), codebook_size
+
+
+def training_chunks(sequences: list[np.ndarray], max_len: int) -> np.ndarray:
+    """Left-padded token windows (N, max_len + 1) covering every transition of every sequence once."""
+    rows = []
+    for sequence in sequences:
+        tokens = sequence + 1
+        end = len(tokens)
+        while end >= 2:
+            start = max(0, end - (max_len + 1))
+            row = np.zeros(max_len + 1, np.int64)
+            row[max_len + 1 - (end - start) :] = tokens[start:end]
+            rows.append(row)
+            end = start + 1  # the next window ends where this one's first input was
+    return np.stack(rows) if rows else np.zeros((0, max_len + 1), np.int64)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _device(rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _sid_table(sids: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Token -> codes (n_items + 1, D); row 0 (padding) is all zeros."""
+    table = np.concatenate([np.zeros((1, sids.shape[1]), np.int64), sids])
+    return torch.from_numpy(table).to(device)
+
+
+def validate(
+    model: SidrecGenerator, inputs: RankingInputs, histories: list[np.ndarray], targets: np.ndarray, beam: int
+) -> dict[str, float]:
+    top, _ = full_ranking_top(inputs, histories, k=10, beam=beam, label="validate")
+    return ranking_metrics(target_ranks(top, targets), (5, 10))
+
+
+def train_generator(
+    dataset: Dataset,
+    sids: np.ndarray,
+    codebook_size: int,
+    config: GeneratorRunConfig,
+    *,
+    out_dir: Path | None = None,
+    max_steps: int | None = None,
+) -> TrainedRun:
+    """Train on ``dataset.split().train``; select by validation NDCG@10; rank 0 writes ``out_dir``."""
+    rank, world = _distributed()
+    device = _device(rank)
+    torch.set_num_threads(max(1, config.train.threads))
+    torch.manual_seed(config.train.seed)
+    config = replace(
+        config,
+        model=replace(
+            config.model, n_items=dataset.n_items, id_length=sids.shape[1], codebook_size=codebook_size
+        ),
+    )
+    model = SidrecGenerator(config.model).to(device)
+    split = dataset.split()
+    sid_table = _sid_table(sids, device)
+    chunks = torch.from_numpy(training_chunks(split.train, config.model.max_len))  # (N, T+1)
+    positives = None
+    if config.model.use_hash and config.model.use_semantic and config.loss.item_weight > 0:
+        found = alignment_positives(split.train, sids[:, : config.model.levels])
+        positives = PositiveTables(
+            torch.from_numpy(found.neighbours).to(device),
+            torch.from_numpy(found.weights).to(device),
+            torch.from_numpy(found.tuple_ids).to(device),
+        )
+    trie = PrefixTrie(sids, codebook_size).to(device) if config.model.generative else None
+    inputs = RankingInputs(model, sid_table, trie)
+    rng = np.random.default_rng(config.eval.seed)
+    n_valid = config.eval.valid_users or dataset.n_users
+    valid_users = np.sort(rng.permutation(dataset.n_users)[: min(n_valid, dataset.n_users)])
+    valid_histories = [split.valid_history[u] for u in valid_users]
+    valid_targets = split.valid_target[valid_users]
+
+    objective: torch.nn.Module = GeneratorObjective(model, sid_table, positives, config.loss)
+    if world > 1:
+        objective = DistributedDataParallel(objective, find_unused_parameters=True, broadcast_buffers=False)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
+    )
+    generator = torch.Generator().manual_seed(config.train.seed)
+    best: dict[str, Any] = {"ndcg@10": -1.0, "epoch": 0, "state": None}
+    history: list[dict[str, float]] = []
+    stale, step = 0, 0
+    start = time.perf_counter()
+    for epoch in range(1, config.train.epochs + 1):
+        model.train()
+        order = torch.randperm(len(chunks), generator=generator)[
+            rank::world
+        ]  # same permutation on every rank
+        n_batches = max(1, len(order) // config.train.batch_size)
+        totals: dict[str, float] = {}
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", leave=False, disable=None if rank == 0 else True)
+        for b in bar:
+            batch = chunks[order[b * config.train.batch_size : (b + 1) * config.train.batch_size]].to(device)
+            batch = batch[:, int((batch > 0).any(0).float().argmax()) :]  # drop all-padding columns
+            inputs_tok, targets = batch[:, :-1], batch[:, 1:]
+            if config.model.use_hash and config.train.hash_dropout > 0:
+                drop = (torch.rand(inputs_tok.shape, generator=generator) < config.train.hash_dropout).to(
+                    device
+                )
+                hashed = torch.where(drop & (inputs_tok > 0), model.unknown_token, inputs_tok)
+            else:
+                hashed = None
+            total, parts = objective(inputs_tok, targets, hashed)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            for name, value in parts.items():
+                totals[name] = totals.get(name, 0.0) + value / n_batches
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+            step += 1
+            if max_steps is not None and step >= max_steps:
+                break
+        record: dict[str, float] = {"epoch": epoch, **{f"loss.{k}": v for k, v in totals.items()}}
+        stop = torch.zeros(1)
+        budget = config.train.max_minutes
+        out_of_time = budget > 0 and time.perf_counter() - start > 60 * budget
+        last = epoch == config.train.epochs or out_of_time
+        if rank == 0 and (epoch % config.train.eval_every == 0 or last):
+            scores = validate(model, inputs, valid_histories, valid_targets, config.eval.beam)
+            record.update({f"valid.{k}": v for k, v in scores.items()})
+            if scores["ndcg@10"] > best["ndcg@10"]:
+                best = {"ndcg@10": scores["ndcg@10"], "epoch": epoch, "state": _cpu_state(model)}
+                stale = 0
+            else:
+                stale += 1
+            stop[0] = float(stale >= config.train.patience or out_of_time)
+            tqdm.write(_format_record(record))
+        history.append(record)
+        if max_steps is not None and step >= max_steps:
+            stop[0] = 1.0
+        if world > 1:
+            dist.broadcast(stop, 0)
+        if stop[0] > 0:
+            break
+    train_seconds = time.perf_counter() - start
+    if rank == 0 and best["state"] is not None:
+        model.load_state_dict(best["state"])
+    metrics: dict[str, Any] = {
+        "train_seconds": round(train_seconds, 1),
+        "best_epoch": best["epoch"],
+        "valid.ndcg@10": best["ndcg@10"],
+        "valid_users": len(valid_users),
+        "history": history,
+    }
+    if rank == 0 and out_dir is not None:
+        save_run(out_dir, model, config, sids, metrics)
+    return TrainedRun(model, config, sids, metrics)
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _format_record(record: dict[str, float]) -> str:
+    return "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+
+
+def save_run(
+    out_dir: Path,
+    model: SidrecGenerator,
+    config: GeneratorRunConfig,
+    sids: np.ndarray,
+    metrics: dict[str, Any],
+) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"config": config_to_dict(config.model), "state_dict": _cpu_state(model)}, out_dir / "generator.pt"
+    )
+    np.save(out_dir / "sids.npy", sids, allow_pickle=False)
+    (out_dir / "config.toml").write_text(dump_toml(config_to_dict(config)))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def load_run(
+    run_dir: Path, device: str = "cpu"
+) -> tuple[SidrecGenerator, GeneratorRunConfig, dict[str, Any]]:
+    """Model (eval mode), its run config and ``run.json`` from a generator run folder."""
+    from training.config import load_config
+
+    for name in ("generator.pt", "config.toml", "run.json", "sids.npy"):
+        if not (run_dir / name).is_file():
+            raise DataError(f"{run_dir / name} does not exist; is {run_dir} a generator run folder?")
+    checkpoint = torch.load(run_dir / "generator.pt", map_location=device, weights_only=True)
+    config = load_config(GeneratorRunConfig, run_dir / "config.toml")
+    model = SidrecGenerator(GeneratorConfig(**checkpoint["config"])).to(device)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    return model, config, json.loads((run_dir / "run.json").read_text())
+
+
+def copy_ids_meta(ids_dir: Path, out_dir: Path) -> None:
+    """Keep the tokenizer's ``sids.json`` beside the copied ``sids.npy`` so the run is self-contained."""
+    shutil.copyfile(ids_dir / "sids.json", out_dir / "sids.json")

@@ -1,0 +1,64 @@
+"""Honest semantic-ID metrics, computed from code tables and tag ids (tag 0 = unknown is excluded).
+
+Collision rate follows the HiD-VAE paper: 1 - distinct code tuples / items, over the whole catalogue,
+before disambiguation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from training.tokenizer.ids import group_sizes
+
+__all__ = ["codebook_stats", "collision_stats", "prefix_tag_purity", "tag_accuracy"]
+
+
+def collision_stats(codes: np.ndarray) -> dict[str, Any]:
+    """collision_rate, max_items_per_id and the histogram {items per ID: number of IDs}."""
+    sizes = group_sizes(codes)
+    values, counts = np.unique(sizes, return_counts=True)
+    return {
+        "collision_rate": float(1.0 - len(sizes) / codes.shape[0]),
+        "max_items_per_id": int(sizes.max()),
+        "items_per_id_histogram": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
+    }
+
+
+def codebook_stats(codes: np.ndarray, codebook_size: int) -> dict[str, list[float]]:
+    """Per level: share of the K codes in use, and perplexity exp(entropy) of the code distribution."""
+    usage, perplexity = [], []
+    for level in range(codes.shape[1]):
+        counts = np.bincount(codes[:, level], minlength=codebook_size).astype(np.float64)
+        p = counts[counts > 0] / counts.sum()
+        usage.append(float((counts > 0).mean()))
+        perplexity.append(float(np.exp(-(p * np.log(p)).sum())))
+    return {"codebook_usage": usage, "codebook_perplexity": perplexity}
+
+
+def tag_accuracy(predicted: np.ndarray, tags: np.ndarray) -> list[float]:
+    """Per level: share of items with a known tag whose predicted tag id is right (nan if none known)."""
+    accuracy = []
+    for level in range(predicted.shape[1]):
+        known = tags[:, level] > 0
+        hits = predicted[known, level] == tags[known, level]
+        accuracy.append(float(hits.mean()) if known.any() else float("nan"))
+    return accuracy
+
+
+def prefix_tag_purity(codes: np.ndarray, tags: np.ndarray) -> list[float]:
+    """Per level l: share of items (known level-l tag) carrying the majority tag of their l+1 code prefix."""
+    purity = []
+    for level in range(min(codes.shape[1], tags.shape[1])):
+        known = tags[:, level] > 0
+        if not known.any():
+            purity.append(float("nan"))
+            continue
+        _, prefix = np.unique(codes[known, : level + 1], axis=0, return_inverse=True)
+        pairs = np.stack([prefix.reshape(-1), tags[known, level]], axis=1)
+        distinct_pairs, pair_counts = np.unique(pairs, axis=0, return_counts=True)  # (P, 2), (P,)
+        majority = np.zeros(prefix.max() + 1, dtype=np.int64)  # (n_prefixes,)
+        np.maximum.at(majority, distinct_pairs[:, 0], pair_counts)
+        purity.append(float(majority.sum() / known.sum()))
+    return purity
