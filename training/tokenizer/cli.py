@@ -69,8 +69,8 @@ def _summary(metrics: dict[str, Any]) -> str:
 
     keys = [
         "mode", "n_items", "collision_rate", "max_items_per_id", "unique_ids_after_resolution",
-        "tag_accuracy", "tag_accuracy_train_items", "prefix_tag_purity", "codebook_usage",
-        "codebook_perplexity", "reconstruction_mse", "selected_step", "train_seconds",
+        "tag_accuracy", "tag_accuracy_train_items", "tag_accuracy_text_probe", "prefix_tag_purity",
+        "codebook_usage", "codebook_perplexity", "reconstruction_mse", "selected_step", "train_seconds",
     ]  # fmt: skip
     width = max(len(k) for k in keys)
     return "\n".join(f"  {k:<{width}}  {fmt(metrics[k])}" for k in keys)

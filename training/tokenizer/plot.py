@@ -45,6 +45,11 @@ def plot_runs(run_dirs: list[Path], out: Path) -> None:
         accuracy = metrics["tag_accuracy"]
         acc_ax.bar([level + 1 + (i - (len(runs) - 1) / 2) * width for level in range(len(accuracy))],
                    accuracy, width=width, label=name)  # fmt: skip
+    probe = runs[0][1].get("tag_accuracy_text_probe")
+    if probe:  # the same split for every mode: one reference line per level
+        for level, value in enumerate(probe):
+            acc_ax.hlines(value, level + 0.55, level + 1.45, colors="black", linestyles="dashed",
+                          label="linear probe on the input text" if level == 0 else None)  # fmt: skip
     hist_ax.set(yscale="log", xlabel="items sharing one code tuple", ylabel="number of IDs",
                 title="Items per ID before disambiguation")  # fmt: skip
     acc_ax.set(

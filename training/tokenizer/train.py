@@ -19,7 +19,13 @@ import torch
 
 from training.errors import ConfigError, DataError
 from training.tokenizer.ids import assign_unique_ids
-from training.tokenizer.metrics import codebook_stats, collision_stats, prefix_tag_purity, tag_accuracy
+from training.tokenizer.metrics import (
+    codebook_stats,
+    collision_stats,
+    prefix_tag_purity,
+    tag_accuracy,
+    text_probe_accuracy,
+)
 from training.tokenizer.model import HiDVAE, HiDVAEConfig
 
 __all__ = ["TokenizerConfig", "TrainConfig", "TrainedTokenizer", "check_inputs", "evaluate", "train"]
@@ -243,4 +249,5 @@ def train(
             "train_seconds": time.perf_counter() - started,
         }
     )
+    metrics["tag_accuracy_text_probe"] = text_probe_accuracy(embeddings, tags, valid)
     return TrainedTokenizer(model=model, sids=sids, metrics=metrics, history=history)

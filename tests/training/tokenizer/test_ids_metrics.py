@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from training.errors import DataError
 from training.tokenizer.ids import assign_unique_ids
-from training.tokenizer.metrics import codebook_stats, collision_stats, prefix_tag_purity, tag_accuracy
+from training.tokenizer.metrics import (
+    codebook_stats,
+    collision_stats,
+    prefix_tag_purity,
+    tag_accuracy,
+    text_probe_accuracy,
+)
 
 CODES = np.array([[1, 2], [1, 2], [0, 1], [1, 2], [3, 3]])
 TAGS = np.array([[1, 2], [1, 3], [2, 0], [1, 2], [2, 2]])
@@ -60,3 +66,14 @@ def test_tag_accuracy_and_purity_exclude_unknown() -> None:
     ]
     # level 1: prefix (1,2) holds tags 2,3,2 -> 2 of 3; (0,1) is unknown; (3,3) holds 2 -> 1 of 1
     assert prefix_tag_purity(CODES, TAGS) == [1.0, 0.75]
+
+
+def test_text_probe_reads_tags_only_where_the_embedding_carries_them() -> None:
+    rng = np.random.default_rng(0)
+    tags = rng.integers(1, 4, size=(600, 2))  # classes 1..3 at both levels, none unknown
+    informative = np.eye(4)[tags[:, 0]] + 0.05 * rng.normal(size=(600, 4))  # level 0 visible, level 1 not
+    valid = np.zeros(600, dtype=bool)
+    valid[::5] = True
+    level0, level1 = text_probe_accuracy(informative, tags, valid)
+    assert level0 > 0.95
+    assert level1 < 0.6  # chance is 1/3
