@@ -23,7 +23,7 @@ import numpy as np
 from service.constraints import Processor, StepContext, TrieConstraint, apply_processors
 from service.prefix_index import PrefixIndex
 
-__all__ = ["BeamHit", "ConstrainedBeamSearch", "StepFunction", "log_softmax"]
+__all__ = ["BeamHit", "ConstrainedBeamSearch", "StepFunction", "log_softmax", "top_candidates"]
 
 #: ``step(memory (N, T, d) float32, memory_mask (N, T) bool, prefix (N, S) int64) -> logits (N, K)``
 StepFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -41,6 +41,27 @@ class BeamHit:
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def top_candidates(candidates: np.ndarray, keep: int) -> np.ndarray:
+    """Column indices of each row's ``keep`` best scores, best first; ties -> lower index first.
+
+    Exactly ``np.argsort(-candidates, kind="stable")[:, :keep]`` (the contract's order), but linear in
+    the row length: a partition finds each row's ``keep``-th score, everything above it is taken, the
+    ties at it are taken lowest index first, and only those ``keep`` survivors are sorted. At batch 64
+    × beam 20 × K 256 a full stable sort of every row costs several times the partition.
+    """
+    batch, width = candidates.shape
+    if keep >= width:
+        return np.argsort(-candidates, axis=1, kind="stable")
+    threshold = -np.partition(-candidates, keep - 1, axis=1)[:, keep - 1 : keep]  # (B, 1) keep-th best
+    above = candidates > threshold  # (B, C)
+    tied = candidates == threshold
+    room = keep - above.sum(axis=1, keepdims=True)  # (B, 1) ties still to take, >= 1
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))  # exactly ``keep`` per row
+    columns = np.nonzero(chosen)[1].reshape(batch, keep)  # ascending per row
+    values = np.take_along_axis(candidates, columns, axis=1)
+    return np.take_along_axis(columns, np.argsort(-values, axis=1, kind="stable"), axis=1)
 
 
 class ConstrainedBeamSearch:
@@ -93,7 +114,7 @@ class ConstrainedBeamSearch:
                 on_step(depth, masking - started, now - masking)
             candidates = (scores[:, :, None] + logp.reshape(batch, current, k_codes)).reshape(batch, -1)
             keep = min(width, candidates.shape[1])
-            order = np.argsort(-candidates, axis=1, kind="stable")[:, :keep]  # (B, W)
+            order = top_candidates(candidates, keep)  # (B, W)
             scores = np.take_along_axis(candidates, order, axis=1)  # (B, W)
             scores[np.arange(keep)[None, :] >= beams[:, None]] = -np.inf
             parent, code = order // k_codes, order % k_codes  # (B, W) each

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.beam_search import ConstrainedBeamSearch, log_softmax
+from service.beam_search import ConstrainedBeamSearch, log_softmax, top_candidates
 from service.constraints import AllowedItems, ExcludeItems, StepContext, TrieConstraint
 from service.errors import InvalidRequest
 from service.prefix_index import PrefixIndex
@@ -133,3 +133,18 @@ def test_prefix_index_round_trip(tmp_path) -> None:
     states = np.arange(len(index.leaf_start[2]) - 1)
     np.testing.assert_array_equal(index.children(2, states), again.children(2, states))
     np.testing.assert_array_equal(sids[again.leaf_item], sids[np.lexsort(sids.T[::-1])])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(1, 4),
+    width=st.integers(1, 40),
+    keep=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_top_candidates_is_the_stable_sort_prefix(rows: int, width: int, keep: int, seed: int) -> None:
+    """Few distinct values and many -inf: ties straddle the cut, which is where a partition could differ."""
+    rng = np.random.default_rng(seed)
+    candidates = rng.choice(np.array([-np.inf, -3.0, -1.5, -1.5, 0.0], np.float32), size=(rows, width))
+    expected = np.argsort(-candidates, axis=1, kind="stable")[:, :keep]
+    np.testing.assert_array_equal(top_candidates(candidates, keep), expected)
