@@ -1,4 +1,11 @@
-"""The FastAPI app factory: lifespan (load, verify, connect, batch), error mapping, body limit, metrics."""
+"""The FastAPI app factory: lifespan (load, verify, connect, batch), error mapping, body limit, metrics.
+
+Every error a client can cause leaves through one of the handlers here, as JSON whose ``detail``
+names the field at fault: ``ServiceError`` via ``status_of`` (service/errors.py), request validation
+as 422 listing ``field: message`` (never echoing the input, which may be huge or not encodable), and
+the framework's own 4xx (unparseable body, unknown route) with the same shape. Nothing internal
+(traceback, server path) is ever in a body.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import Overloaded, ServiceError, StoreUnavailable
 from service.metrics import ServiceMetrics
@@ -21,13 +33,83 @@ __all__ = ["create_app"]
 log = logging.getLogger("sidrec.service")
 
 
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    """``("body", "history", 3)`` -> ``history[3]``; other origins are named: ``query.limit``."""
+    parts = list(loc)
+    origin = str(parts.pop(0)) if parts and parts[0] in ("body", "query", "path", "header") else "body"
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    if origin == "body":
+        return name or "body"
+    return f"{origin}.{name}"
+
+
+def _problem(error: dict[str, Any]) -> dict[str, str]:
+    """One validation error as ``{"field", "message"}``; a JSON syntax error points into the body."""
+    if error.get("type") == "json_invalid":
+        position = error.get("loc", ("body", "?"))[-1]
+        reason = (error.get("ctx") or {}).get("error", "malformed")
+        return {"field": "body", "message": f"invalid JSON at character {position} ({reason})"}
+    return {"field": _safe(_field(error.get("loc", ()))), "message": _safe(str(error.get("msg", "invalid")))}
+
+
+def _safe(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class BodyLimit:
+    """413 for bodies over ``limit`` bytes, whether announced (Content-Length) or streamed (chunked).
+
+    A pure ASGI middleware: it counts the bytes as the app reads them, so a chunked upload without
+    a Content-Length cannot get past the limit either.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _refusal(self, size: str) -> JSONResponse:
+        detail = f"body: {size} bytes exceeds the limit of {self.limit} (SIDREC_MAX_BODY_BYTES)"
+        return JSONResponse({"detail": detail}, 413)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._refusal(length.decode("latin-1")[:20])(scope, receive, send)
+            return
+        seen = 0
+        too_large = False
+
+        async def counted_receive() -> Message:
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # the app sees a disconnect; its answer is replaced below
+                    too_large = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not too_large:
+                await send(message)
+
+        await self.app(scope, counted_receive, guarded_send)
+        if too_large:
+            await self._refusal(f"more than {self.limit}")(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app; ``settings`` default to ``get_settings()`` (the ``SIDREC_*`` environment)."""
     metrics = ServiceMetrics()
+    config = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        config = settings or get_settings()
         app.state.service = await ServiceState.open(config, metrics)
         try:
             yield
@@ -47,24 +129,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         headers = {}
         if isinstance(exc, Overloaded | StoreUnavailable):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        return JSONResponse({"detail": str(exc)}, status_code=status_of(exc), headers=headers)
+        return JSONResponse({"detail": _safe(str(exc))}, status_code=status_of(exc), headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [_problem(error) for error in exc.errors()[:20]]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def framework_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = str(exc.detail)
+        if exc.status_code == 400:  # FastAPI could not parse the body (malformed, or nested too deeply)
+            detail = "body: cannot be parsed as JSON (malformed, or nested too deeply)"
+        elif exc.status_code in (404, 405):
+            detail = f"path: {request.method} {_safe(request.url.path)[:200]}: {detail}"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.middleware("http")
-    async def limit_and_measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
-        limit = (settings or get_settings()).max_body_bytes
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            response: Response = JSONResponse(
-                {"detail": f"body: {length} bytes exceeds the limit of {limit} (SIDREC_MAX_BODY_BYTES)"}, 413
-            )
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         route = request.scope.get("route")
         name = getattr(route, "path", "unmatched")
         metrics.request_latency.labels(name, str(response.status_code)).observe(time.perf_counter() - started)
         return response
 
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    origins = [o.strip() for o in config.cors_origins.split(",") if o.strip()]
+    if origins:  # off by default: no browser origin may call the API unless named
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"])
     return app

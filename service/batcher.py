@@ -7,6 +7,13 @@ future: a batch that fails is retried one request at a time so each caller gets 
 its own error. A full queue refuses at once (``Overloaded`` -> 429 + Retry-After) instead of letting
 latency grow without bound for everyone already admitted.
 
+Admission also looks at time, not only at the queue length: the batcher keeps a moving average of
+the model time per request, and a request whose estimated queue wait (depth × that time) exceeds
+``max_queue_delay_ms`` or its own remaining deadline is refused at once, since it could only be
+answered late. Every job carries a deadline; a job whose deadline has passed while it queued is
+dropped before it reaches the model (``DeadlineExceeded`` -> 503, ``sidrec_expired_total``), so
+work nobody waits for any more never delays the requests behind it.
+
 Each job also carries the ``Recommender`` its ids were resolved against; a batch only groups jobs of
 the same one, so after ``/admin/reload`` queued requests still finish on the bundle they started on.
 """
@@ -15,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 
-from service.errors import Overloaded, ServiceError
+from service.errors import DeadlineExceeded, Overloaded, ServiceError
 from service.metrics import ServiceMetrics
 from service.recommender import Query, Recommendation, Recommender
 
@@ -30,18 +38,27 @@ class _Job:
     recommender: Recommender
     query: Query
     future: asyncio.Future[list[Recommendation]]
+    deadline: float  # time.perf_counter() by which the caller needs the answer
     queued_at: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher:
     def __init__(
-        self, max_batch_size: int, max_wait_ms: float, queue_size: int, metrics: ServiceMetrics
+        self,
+        max_batch_size: int,
+        max_wait_ms: float,
+        queue_size: int,
+        metrics: ServiceMetrics,
+        max_queue_delay_ms: float = 0.0,
     ) -> None:
+        """``max_queue_delay_ms``: refuse when the estimated queue wait is longer (0 = queue size only)."""
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
+        self.max_queue_delay_s = max_queue_delay_ms / 1000
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
+        self._per_request_s = 0.0  # moving average of model seconds per request in a batch
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sidrec-batcher")
@@ -60,15 +77,23 @@ class MicroBatcher:
     def depth(self) -> int:
         return self._queue.qsize()
 
-    async def submit(self, recommender: Recommender, query: Query) -> list[Recommendation]:
-        job = _Job(recommender, query, asyncio.get_running_loop().create_future())
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
+    @property
+    def estimated_wait_s(self) -> float:
+        """How long a request joining the queue now would wait for the model (moving average)."""
+        return self._queue.qsize() * self._per_request_s
+
+    async def submit(
+        self, recommender: Recommender, query: Query, deadline: float = math.inf
+    ) -> list[Recommendation]:
+        """Queue a query that must be answered by ``deadline`` (``time.perf_counter()``), or refuse it."""
+        wait = self.estimated_wait_s
+        too_slow = wait > deadline - time.perf_counter() or 0 < self.max_queue_delay_s < wait
+        if too_slow or self._queue.full():
             self._metrics.rejected.inc()
-            raise Overloaded(
-                f"request queue is full ({self._queue.maxsize} waiting); retry shortly"
-            ) from None
+            reason = f"{self._queue.qsize()} waiting, about {wait * 1000:.0f} ms of work"
+            raise Overloaded(f"request queue is full ({reason}); retry shortly")
+        job = _Job(recommender, query, asyncio.get_running_loop().create_future(), deadline)
+        self._queue.put_nowait(job)
         return await job.future
 
     async def _collect(self) -> list[_Job]:
@@ -96,10 +121,18 @@ class MicroBatcher:
                 await self._run_group(group)
 
     async def _run_group(self, jobs: list[_Job]) -> None:
-        live = [job for job in jobs if not job.future.done()]  # a caller may have gone away
+        started = time.perf_counter()
+        live = []
+        for job in jobs:
+            if job.future.done():  # the caller went away
+                continue
+            if job.deadline <= started:  # nobody waits for this answer any more: skip the model
+                self._metrics.expired.inc()
+                _fail(job, DeadlineExceeded("request deadline passed while queued; retry shortly"))
+                continue
+            live.append(job)
         if not live:
             return
-        started = time.perf_counter()
         for job in live:
             self._metrics.queue_wait.observe(started - job.queued_at)
         self._metrics.batch_size.observe(len(live))
@@ -119,6 +152,10 @@ class MicroBatcher:
             for job in live:
                 _fail(job, exc)
             return
+        per_request = (time.perf_counter() - started) / len(live)
+        self._per_request_s = (
+            per_request if not self._per_request_s else 0.8 * self._per_request_s + 0.2 * per_request
+        )
         for job, result in zip(live, results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)

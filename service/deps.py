@@ -11,7 +11,7 @@ from service.errors import Unauthorized
 from service.settings import Settings
 from service.state import ServiceState
 
-__all__ = ["ApiKey", "State"]
+__all__ = ["ApiKey", "EventsKey", "State"]
 
 
 def get_state(request: Request) -> ServiceState:
@@ -23,13 +23,28 @@ def require_api_key(
     state: Annotated[ServiceState, Depends(get_state)],
     x_api_key: Annotated[str | None, Header(description="the service's SIDREC_API_KEY")] = None,
 ) -> None:
-    """Write and admin endpoints: the key must match; with no key configured they are closed."""
+    """Write and admin endpoints: the key must match; with no key configured they are closed.
+
+    The comparison is constant-time over bytes (``hmac.compare_digest`` refuses non-ASCII ``str``,
+    and a header may hold any Latin-1 text), so neither timing nor an odd header reveals the key.
+    """
     settings: Settings = state.settings
     if settings.api_key is None:
-        raise Unauthorized("this endpoint needs SIDREC_API_KEY to be configured on the service")
-    if x_api_key is None or not hmac.compare_digest(x_api_key, settings.api_key.get_secret_value()):
-        raise Unauthorized("X-API-Key header missing or wrong")
+        raise Unauthorized("X-API-Key: this endpoint needs SIDREC_API_KEY to be configured on the service")
+    given = (x_api_key or "").encode("utf-8", "surrogateescape")
+    if x_api_key is None or not hmac.compare_digest(given, settings.api_key.get_secret_value().encode()):
+        raise Unauthorized("X-API-Key: header missing or wrong")
+
+
+def require_events_key(
+    state: Annotated[ServiceState, Depends(get_state)],
+    x_api_key: Annotated[str | None, Header(description="the service's SIDREC_API_KEY")] = None,
+) -> None:
+    """``POST /events`` needs the key unless ``SIDREC_EVENTS_NEED_KEY=false`` (behind a trusted proxy)."""
+    if state.settings.events_need_key:
+        require_api_key(state, x_api_key)
 
 
 State = Annotated[ServiceState, Depends(get_state)]
 ApiKey = Depends(require_api_key)
+EventsKey = Depends(require_events_key)

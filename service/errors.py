@@ -11,6 +11,8 @@ place that turns them into HTTP status codes (see ``service.app``), so no route 
   request body is an ``InvalidRequest`` naming the field (422).
 - ``InvalidRequest``: a well-formed request that asks for something impossible (422).
 - ``Overloaded``: the request queue is full; retry after ``retry_after`` seconds (429).
+- ``DeadlineExceeded``: the request's deadline passed while it was queued, so it was dropped before
+  the model (503 + Retry-After).
 - ``Unauthorized``: a write/admin endpoint without the right API key (401).
 - ``StoreUnavailable``: the store is needed for this request (e.g. a user's history) and is down (503).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "ERROR_STATUS",
     "BundleError",
+    "DeadlineExceeded",
     "InvalidRequest",
     "Overloaded",
     "ServiceError",
@@ -61,6 +64,10 @@ class Overloaded(ServiceError):
         self.retry_after = retry_after
 
 
+class DeadlineExceeded(Overloaded):
+    """The request waited past its deadline; it was dropped before reaching the model."""
+
+
 class StoreUnavailable(ServiceError):
     """The store (Redis) is down and this request cannot be answered from memory."""
 
@@ -74,6 +81,7 @@ ERROR_STATUS: dict[type[ServiceError], int] = {
     UnknownItem: 404,
     InvalidRequest: 422,
     Unauthorized: 401,
+    DeadlineExceeded: 503,
     Overloaded: 429,
     StoreUnavailable: 503,
     BundleError: 409,

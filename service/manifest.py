@@ -200,7 +200,17 @@ def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
     if not path.is_file():
         raise BundleError(f"{path}: no manifest (is {bundle_dir} a bundle directory?)")
     try:
-        manifest = Manifest.model_validate_json(path.read_bytes())
+        raw = json.loads(path.read_bytes())
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{path}: not readable JSON ({exc})") from exc
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise BundleError(
+            f"{path}: schema_version {version} is newer than this service understands ({SCHEMA_VERSION}); "
+            "upgrade the service or export with a matching version"
+        )
+    try:
+        manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(root)"

@@ -41,10 +41,29 @@ class ServiceMetrics:
             "sidrec_constraint_mask_seconds", "constraint masking time per level", buckets=_FAST, registry=r
         )
         self.rejected = Counter(
-            "sidrec_rejected_total", "requests refused because the queue was full", registry=r
+            "sidrec_rejected_total",
+            "requests refused because the queue was full (or too slow to drain)",
+            registry=r,
         )
         self.redis_up = Gauge("sidrec_redis_up", "1 when Redis answers, 0 when degraded", registry=r)
         self.store_errors = Counter("sidrec_store_errors_total", "failed Redis operations", registry=r)
+        self.redis_reconnects = Counter(
+            "sidrec_redis_reconnect_attempts_total", "reconnect attempts (exponential backoff)", registry=r
+        )
+        self.event_buffer = Gauge(
+            "sidrec_event_buffer_events", "accepted events waiting for Redis to come back", registry=r
+        )
+        self.events_flushed = Counter(
+            "sidrec_events_flushed_total", "buffered events written once Redis was back", registry=r
+        )
+        self.events_refused = Counter(
+            "sidrec_events_refused_total", "events refused with 503 because the buffer was full", registry=r
+        )
+        self.expired = Counter(
+            "sidrec_expired_total",
+            "requests dropped before the model because their deadline passed",
+            registry=r,
+        )
         self.cache_hits = Counter(
             "sidrec_cache_hits_total", "recommendations answered from the cache", registry=r
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -11,7 +10,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import ApiKey, State
+from service.deps import ApiKey, EventsKey, State
 from service.errors import ERROR_STATUS, ServiceError
 from service.schemas import (
     MAX_PAGE,
@@ -63,7 +62,7 @@ async def recommend_batch(body: BatchRequest, state: State) -> BatchResponse:
     return BatchResponse(results=results)
 
 
-@router.post("/events", response_model=EventsResponse, dependencies=[ApiKey], tags=["events"])
+@router.post("/events", response_model=EventsResponse, dependencies=[EventsKey], tags=["events"])
 async def events(body: EventsRequest, state: State) -> EventsResponse:
     """Append interactions to a user's history (a capped list; oldest events fall off)."""
     length = await state.record(body.user_id, body.items)
@@ -74,7 +73,7 @@ async def events(body: EventsRequest, state: State) -> EventsResponse:
 async def list_items(
     state: State,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> ItemPage:
     """The catalogue, including cold-start items, in row order."""
     total, items = state.items(limit, offset)
@@ -126,7 +125,7 @@ async def model_info(state: State) -> dict[str, Any]:
     manifest = bundle.manifest
     return {
         "bundle_id": manifest.bundle_id,
-        "bundle_path": str(bundle.path),
+        "bundle": bundle.path.name,  # the directory's name only: server paths are never shown
         "created_at": manifest.created_at,
         "git_sha": manifest.git_sha,
         "provider": bundle.provider,
@@ -146,7 +145,10 @@ async def model_info(state: State) -> dict[str, Any]:
 
 @router.post("/admin/reload", dependencies=[ApiKey], tags=["ops"])
 async def reload(state: State, body: ReloadRequest | None = None) -> dict[str, str]:
-    """Verify and load a bundle, then swap atomically; in-flight requests finish on the old one."""
-    path = Path(body.bundle_path) if body and body.bundle_path else None
-    previous, current = await state.reload(path)
+    """Verify and load a bundle, then swap atomically; in-flight requests finish on the old one.
+
+    With no body the configured bundle directory is read again; ``bundle`` names a sub-directory of
+    ``SIDREC_BUNDLE_ROOT``. A bundle that fails verification is refused (409) and the old one serves on.
+    """
+    previous, current = await state.reload(body.bundle if body else None)
     return {"previous": previous, "bundle_id": current}

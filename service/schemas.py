@@ -4,15 +4,17 @@ Limits (also enforced against the bundle's own ``decoding`` maxima):
 ``k`` 1..100, ``beam`` 1..100 and >= k, ``history`` at most 500 ids (the model reads the most recent
 ``history_length``), ``filter.tag_path`` at most 8 levels, ``/recommend/batch`` at most 64 requests,
 ``/events`` at most 100 items per call, ``/items`` pages of at most 1000, item ids at most 200
-characters, request bodies at most ``SIDREC_MAX_BODY_BYTES`` (413 beyond). Unknown fields are
-refused (422 naming the field), so a typo never silently changes the answer.
+characters, request bodies at most ``SIDREC_MAX_BODY_BYTES`` (413 beyond), JSON nesting as deep as
+the schema needs (deeper is a 400 naming the body). Unknown fields are refused (422 naming the
+field), so a typo never silently changes the answer. Strings must be valid Unicode: a lone UTF-16
+surrogate (``"\\ud800"`` in JSON) is refused, since it could be neither stored nor sent back.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "BatchRequest",
@@ -39,7 +41,21 @@ MAX_K, MAX_BEAM, MAX_HISTORY, MAX_FILTER_DEPTH, MAX_BATCH, MAX_EVENTS, MAX_PAGE 
     100,
     1000,
 )
-ItemId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _encodable(value: str) -> str:
+    """Refuse lone surrogates: valid JSON escapes, but no UTF-8 for Redis, logs or the response."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"invalid Unicode (lone surrogate at position {exc.start})") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+ItemId = Annotated[Text, Field(min_length=1, max_length=200)]
+#: A bundle directory's name under ``SIDREC_BUNDLE_ROOT``: no separators, so never a path.
+BundleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")]
 
 
 class _Request(BaseModel):
@@ -47,7 +63,7 @@ class _Request(BaseModel):
 
 
 class Filter(_Request):
-    tag_path: list[Annotated[str, Field(min_length=1)]] = Field(
+    tag_path: list[Annotated[Text, Field(min_length=1, max_length=200)]] = Field(
         min_length=1, max_length=MAX_FILTER_DEPTH, description="category path prefix, root optional"
     )
 
@@ -174,14 +190,19 @@ class ItemUpsert(_Request):
     )
 
     embedding: list[float] | None = Field(
-        None, description="the item's text embedding (the bundle's embedding_dim)"
+        None, max_length=65_536, description="the item's text embedding (the bundle's embedding_dim)"
     )
-    text: str | None = Field(None, description="not supported by bundles without a text encoder (422)")
-    title: str = Field("", max_length=1000)
-    category_path: list[str] = Field(default_factory=list, max_length=MAX_FILTER_DEPTH)
+    text: Text | None = Field(
+        None, max_length=100_000, description="not supported by bundles without a text encoder (422)"
+    )
+    title: Text = Field("", max_length=1000)
+    category_path: list[Annotated[Text, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=MAX_FILTER_DEPTH
+    )
 
 
 class ReloadRequest(_Request):
-    bundle_path: str | None = Field(
-        None, description="new bundle directory (default: reload the configured one)"
+    bundle: BundleName | None = Field(
+        None,
+        description="name of a bundle directory under SIDREC_BUNDLE_ROOT (default: the configured bundle)",
     )

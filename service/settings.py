@@ -25,7 +25,14 @@ class Settings(BaseSettings):
     bundle_path: Path = Field(description="bundle directory written by `python -m training export`")
     redis_url: str = Field("", description="redis://host:port/db; empty = in-process store")
     redis_key_prefix: str = Field("sidrec", min_length=1, description="namespace of every Redis key")
-    api_key: SecretStr | None = Field(None, description="required by PUT /items, POST /events and /admin/*")
+    api_key: SecretStr | None = Field(
+        None, description="required by PUT /items, /admin/* and (events_need_key) POST /events; never logged"
+    )
+    events_need_key: bool = Field(True, description="POST /events needs the API key too")
+    bundle_root: Path | None = Field(
+        None, description="directory whose sub-directories /admin/reload may name; unset = only bundle_path"
+    )
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS; empty = CORS off")
     providers: str = Field(
         "CUDAExecutionProvider,CPUExecutionProvider",
         description="onnxruntime providers in order of preference; unavailable ones are skipped",
@@ -35,6 +42,21 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=1024, description="requests per micro-batch at most")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill up")
     queue_size: int = Field(256, ge=1, le=100_000, description="queued requests before 429")
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, le=60_000, description="429 when the estimated queue wait is longer; 0 = queue size only"
+    )
+    request_timeout_ms: float = Field(
+        2000.0,
+        ge=1,
+        le=600_000,
+        description="deadline of every request; expired work never reaches the model",
+    )
+    event_buffer_size: int = Field(
+        10_000, ge=1, le=10_000_000, description="events buffered while Redis is down; beyond, 503"
+    )
+    history_mirror_users: int = Field(
+        10_000, ge=0, le=10_000_000, description="histories kept in memory to serve users while Redis is down"
+    )
     history_cap: int = Field(200, ge=1, le=10_000, description="events kept per user")
     cache_ttl_s: float = Field(0.0, ge=0, le=3600, description="result cache TTL; 0 = no cache")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")

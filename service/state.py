@@ -18,7 +18,7 @@ import numpy as np
 
 from service.batcher import MicroBatcher
 from service.bundle import LoadedBundle, cpu_limit, load_bundle
-from service.errors import InvalidRequest, UnknownItem
+from service.errors import BundleError, InvalidRequest, UnknownItem
 from service.metrics import ServiceMetrics
 from service.recommender import Query, Recommendation, Recommender, TagScore
 from service.schemas import (
@@ -57,14 +57,27 @@ class ServiceState:
         recommender = await asyncio.to_thread(cls._load, settings, settings.bundle_path)
         store: Store
         if settings.redis_url:
-            store = RedisStore(settings.redis_url, settings.redis_key_prefix, settings.history_cap, metrics)
+            store = RedisStore(
+                settings.redis_url,
+                settings.redis_key_prefix,
+                settings.history_cap,
+                metrics,
+                buffer_size=settings.event_buffer_size,
+                mirror_users=settings.history_mirror_users,
+            )
         else:
             store = MemoryStore(settings.history_cap)
         state = cls(
             settings,
             recommender,
             store,
-            MicroBatcher(settings.max_batch_size, settings.max_wait_ms, settings.queue_size, metrics),
+            MicroBatcher(
+                settings.max_batch_size,
+                settings.max_wait_ms,
+                settings.queue_size,
+                metrics,
+                settings.max_queue_delay_ms,
+            ),
             metrics,
         )
         await state._attach(recommender)
@@ -99,10 +112,37 @@ class ServiceState:
                     row["item_id"], np.array(row["codes"]), row["title"], row["category_path"], row["tags"]
                 )
 
-    async def reload(self, path: Path | None) -> tuple[str, str]:
-        """Load and verify another bundle, then swap atomically; queued requests finish on the old one."""
+    def bundle_dir(self, name: str | None) -> Path:
+        """The directory ``/admin/reload`` may load: the configured bundle, or a sub-directory of
+        ``bundle_root`` named by a plain name. Callers never pass a path, so no request can make the
+        service read an arbitrary file."""
+        if name is None:
+            return self.settings.bundle_path
+        root = self.settings.bundle_root
+        if root is None:
+            raise InvalidRequest("bundle: naming a bundle needs SIDREC_BUNDLE_ROOT on the service")
+        path = (root / name).resolve()
+        if path.parent != root.resolve() or not path.is_dir():
+            raise InvalidRequest(f"bundle: no bundle named {name!r} under the bundle root")
+        return path
+
+    async def reload(self, name: str | None) -> tuple[str, str]:
+        """Load and verify another bundle, then swap atomically; queued requests finish on the old one.
+
+        A bundle that fails verification is refused with one log line naming the fault (with its full
+        path, for the operator); the client gets the same reason without server paths, and the old
+        bundle keeps serving.
+        """
+        path = self.bundle_dir(name)
         async with self.reload_lock:
-            fresh = await asyncio.to_thread(self._load, self.settings, path or self.settings.bundle_path)
+            try:
+                fresh = await asyncio.to_thread(self._load, self.settings, path)
+            except BundleError as exc:
+                log.error("reload of %s refused, still serving %s: %s", path, self.bundle.bundle_id, exc)
+                reason = str(exc).replace(f"{path}/", "").replace(str(path), "the bundle directory")
+                raise BundleError(
+                    f"bundle: {path.name!r} refused ({reason}); still serving {self.bundle.bundle_id}"
+                ) from None
             await self._attach(fresh)
             previous, self.recommender = self.recommender, fresh
         log.info("reloaded: %s -> %s", previous.bundle.bundle_id, fresh.bundle.bundle_id)
@@ -167,6 +207,7 @@ class ServiceState:
         return RecommendResponse(bundle_id=recommender.bundle.bundle_id, items=items, history_used=used)
 
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        deadline = time.perf_counter() + self.settings.request_timeout_ms / 1000
         recommender = self.recommender  # one bundle for the whole request, even across a reload
         query = await self._query(recommender, request)
         key = None
@@ -179,7 +220,7 @@ class ServiceState:
             if cached is not None:
                 self.metrics.cache_hits.inc()
                 return RecommendResponse.model_validate_json(cached).model_copy(update={"cached": True})
-        hits = await self.batcher.submit(recommender, query)
+        hits = await self.batcher.submit(recommender, query, deadline)
         response = self._response(recommender, query, hits)
         if key is not None:
             await self.store.cache_set(key, response.model_dump_json().encode(), self.settings.cache_ttl_s)

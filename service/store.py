@@ -12,9 +12,18 @@ Two implementations of one small interface:
   with a short TTL. Versioning by bundle id means a reload never reads another bundle's tables.
 
 If Redis stops answering, ``RedisStore`` marks itself degraded (``sidrec_redis_up`` = 0, readiness
-says ``degraded``), serves from its in-memory fallback (events written meanwhile go there), and a
-background task reconnects with exponential backoff. Operations use short socket timeouts so a dead
-Redis costs a request milliseconds, not seconds.
+says ``degraded``) and a background task reconnects with exponential backoff and jitter
+(``Backoff``), so a dead Redis is not hammered by every replica in lock step. Meanwhile:
+
+- histories are read from a bounded LRU *mirror* of the histories last read or written (exact: every
+  append reads the list back in the same transaction), so ``user_id`` requests keep being answered;
+- accepted events go to a bounded, ordered *buffer* (``sidrec_event_buffer_events``) as well as the
+  mirror, and are written to Redis, oldest first, before the store reports ``ok`` again. When the
+  buffer is full an event is refused with ``StoreUnavailable`` (503 + Retry-After) so the caller can
+  retry: an event is either written, buffered, or refused, never accepted and dropped. Delivery is
+  at least once: an append whose reply was lost (timeout) is buffered and may be written twice.
+
+Operations use short socket timeouts so a dead Redis costs a request milliseconds, not seconds.
 """
 
 from __future__ import annotations
@@ -23,17 +32,20 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from service.errors import StoreUnavailable
 from service.metrics import ServiceMetrics
 
-__all__ = ["MemoryStore", "RedisStore", "Store"]
+__all__ = ["Backoff", "MemoryStore", "RedisStore", "Store"]
 
 log = logging.getLogger("sidrec.store")
 T = TypeVar("T")
@@ -102,11 +114,34 @@ class MemoryStore:
         return None
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnect delays: ``initial`` doubling up to ``cap`` seconds, each scaled by a random 0.5..1.
+
+    The jitter spreads the reconnects of many replicas after a shared Redis comes back.
+    """
+
+    initial: float = 0.05
+    cap: float = 2.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait before reconnect attempt ``attempt`` (0-based)."""
+        return min(self.cap, self.initial * 2**attempt) * rng.uniform(0.5, 1.0)
+
+
 class RedisStore:
-    """Redis-backed store that degrades to memory and reconnects by itself."""
+    """Redis-backed store that degrades to memory, buffers events while down, and reconnects by itself."""
 
     def __init__(
-        self, url: str, prefix: str, history_cap: int, metrics: ServiceMetrics, timeout_s: float = 0.25
+        self,
+        url: str,
+        prefix: str,
+        history_cap: int,
+        metrics: ServiceMetrics,
+        timeout_s: float = 0.25,
+        buffer_size: int = 10_000,
+        mirror_users: int = 10_000,
+        backoff: Backoff = Backoff(),
     ) -> None:
         self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._prefix = prefix
@@ -116,13 +151,31 @@ class RedisStore:
         self._up = False
         self._reconnect: asyncio.Task[None] | None = None
         self._pending: tuple[str, dict[str, bytes]] | None = None
+        self._buffer: deque[tuple[str, list[str]]] = deque()  # (user_id, items) not yet in Redis
+        self._buffered = 0  # events in the buffer
+        self._buffer_size = buffer_size
+        self._cold: dict[tuple[str, str], dict[str, Any]] = {}  # cold items registered while down
+        self._mirror: OrderedDict[str, list[str]] = OrderedDict()  # LRU of known histories
+        self._mirror_users = mirror_users
+        self._backoff = backoff
+        self._rng = random.Random()
 
     @property
     def state(self) -> str:
         return "ok" if self._up else "degraded"
 
+    @property
+    def buffered_events(self) -> int:
+        return self._buffered
+
     def _key(self, *parts: str) -> str:
         return ":".join((self._prefix, *parts))
+
+    def _remember(self, user_id: str, history: list[str]) -> None:
+        self._mirror[user_id] = history[-self._cap :]
+        self._mirror.move_to_end(user_id)
+        while len(self._mirror) > self._mirror_users:
+            self._mirror.popitem(last=False)
 
     def _down(self, exc: BaseException) -> None:
         self._metrics.store_errors.inc()
@@ -134,20 +187,36 @@ class RedisStore:
             self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
 
     async def _reconnect_loop(self) -> None:
-        delay = 0.05
+        attempt = 0
         while True:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._backoff.delay(attempt, self._rng))
+            attempt += 1
+            self._metrics.redis_reconnects.inc()
             try:
                 await self._redis.ping()
                 if self._pending is not None:
                     await self._publish(*self._pending)
+                await self._flush()
             except (RedisError, OSError):
-                delay = min(delay * 2, 5.0)
                 continue
+            # _flush returned after seeing an empty buffer, with no await since: nothing slipped in.
             self._up = True
             self._metrics.redis_up.set(1)
-            log.info("redis reachable again")
+            log.info("redis reachable again after %d attempts; buffered events written", attempt)
             return
+
+    async def _flush(self) -> None:
+        """Write what arrived while down, events oldest first; each leaves memory once Redis has it."""
+        for (bundle_id, item_id), row in list(self._cold.items()):
+            await self._redis.hset(self._key("bundle", bundle_id, "cold_items"), item_id, json.dumps(row))
+            del self._cold[(bundle_id, item_id)]
+        while self._buffer:  # events appended during a write are picked up by the next round
+            user_id, items = self._buffer[0]
+            await self._write_history(user_id, items)
+            self._buffer.popleft()
+            self._buffered -= len(items)
+            self._metrics.event_buffer.set(self._buffered)
+            self._metrics.events_flushed.inc(len(items))
 
     async def _call(self, operation: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]) -> T:
         if self._up:
@@ -178,24 +247,57 @@ class RedisStore:
         self._metrics.redis_up.set(1)
 
     async def history(self, user_id: str) -> list[str]:
+        """The user's events; while Redis is down, the mirror (``StoreUnavailable`` if not in it)."""
+
         async def read() -> list[str]:
             raw = await self._redis.lrange(self._key("history", user_id), -self._cap, -1)
-            return [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
+            history = [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
+            self._remember(user_id, history)
+            return history
 
-        return await self._call(read, lambda: self._fallback.history(user_id))
+        async def from_memory() -> list[str]:
+            if user_id in self._mirror:
+                return list(self._mirror[user_id])
+            raise StoreUnavailable(
+                "user_id: the history store is unavailable and this user's history is not in memory; "
+                "send the history in the request or retry"
+            )
+
+        return await self._call(read, from_memory)
+
+    async def _write_history(self, user_id: str, item_ids: list[str]) -> list[str]:
+        key = self._key("history", user_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, *item_ids)
+            pipe.ltrim(key, -self._cap, -1)
+            pipe.lrange(key, 0, -1)
+            *_, raw = await pipe.execute()
+        history = [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
+        self._remember(user_id, history)
+        return history
 
     async def append(self, user_id: str, item_ids: list[str]) -> int:
-        key = self._key("history", user_id)
+        """Write the events, or buffer them while Redis is down; refuse (503) when the buffer is full."""
 
         async def write() -> int:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.rpush(key, *item_ids)
-                pipe.ltrim(key, -self._cap, -1)
-                pipe.llen(key)
-                *_, length = await pipe.execute()
-            return int(length)
+            return len(await self._write_history(user_id, item_ids))
 
-        return await self._call(write, lambda: self._fallback.append(user_id, item_ids))
+        async def buffer() -> int:
+            if self._buffered + len(item_ids) > self._buffer_size:
+                self._metrics.events_refused.inc(len(item_ids))
+                raise StoreUnavailable(
+                    f"events: the history store is down and {self._buffered} events are already "
+                    f"buffered (SIDREC_EVENT_BUFFER_SIZE={self._buffer_size}); retry later",
+                    retry_after=2.0,
+                )
+            self._buffer.append((user_id, list(item_ids)))
+            self._buffered += len(item_ids)
+            self._metrics.event_buffer.set(self._buffered)
+            history = [*self._mirror.get(user_id, []), *item_ids]
+            self._remember(user_id, history)
+            return len(history[-self._cap :])
+
+        return await self._call(write, buffer)
 
     async def cold_items(self, bundle_id: str) -> list[dict[str, Any]]:
         async def read() -> list[dict[str, Any]]:
@@ -210,7 +312,11 @@ class RedisStore:
                 self._key("bundle", bundle_id, "cold_items"), row["item_id"], json.dumps(row)
             )
 
-        await self._call(write, lambda: self._fallback.add_cold_item(bundle_id, row))
+        async def remember() -> None:  # written by the reconnect loop, like buffered events
+            self._cold[(bundle_id, row["item_id"])] = row
+            await self._fallback.add_cold_item(bundle_id, row)
+
+        await self._call(write, remember)
 
     async def cache_get(self, key: str) -> bytes | None:
         async def read() -> bytes | None:

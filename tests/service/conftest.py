@@ -39,8 +39,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_redis_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    """A throw-away redis-server (no persistence) on ``port``; waits until it answers."""
+def start_redis_server(port: int, workdir: Path, persistent: bool = False) -> subprocess.Popen[bytes]:
+    """A throw-away redis-server on ``port``; waits until it answers.
+
+    ``persistent``: an append-only file in ``workdir`` fsynced on every write, as compose and k8s
+    run Redis (there with ``everysec``), so a restart on the same ``workdir`` keeps the data.
+    """
     process = subprocess.Popen(
         [
             "redis-server",
@@ -51,7 +55,9 @@ def start_redis_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if persistent else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             str(workdir),
         ],

@@ -191,16 +191,17 @@ def test_ops_endpoints(client: TestClient) -> None:
         assert name in text
 
 
-def test_reload_swaps_and_refuses_bad_bundles(client: TestClient, tiny_run: TinyRun, tmp_path) -> None:
-    before = client.get("/v1/model").json()["bundle_id"]
-    assert client.post("/admin/reload").status_code == 401
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    refused = client.post("/admin/reload", json={"bundle_path": str(bad)}, headers=KEY)
-    assert refused.status_code == 409 and "no manifest" in refused.text
-    assert client.get("/v1/model").json()["bundle_id"] == before
-    swapped = client.post("/admin/reload", json={"bundle_path": str(tiny_run.bundle)}, headers=KEY)
-    assert swapped.status_code == 200 and swapped.json()["previous"] == before
+def test_reload_swaps_and_refuses_bad_bundles(tiny_run: TinyRun, tmp_path) -> None:
+    (tmp_path / "bad").mkdir()
+    with TestClient(create_app(settings_for(tiny_run.bundle, bundle_root=tmp_path))) as client:
+        before = client.get("/v1/model").json()["bundle_id"]
+        assert client.post("/admin/reload").status_code == 401
+        refused = client.post("/admin/reload", json={"bundle": "bad"}, headers=KEY)
+        assert refused.status_code == 409 and "no manifest" in refused.text
+        assert str(tmp_path) not in refused.text
+        assert client.get("/v1/model").json()["bundle_id"] == before
+        swapped = client.post("/admin/reload", headers=KEY)
+        assert swapped.status_code == 200 and swapped.json()["previous"] == before
 
 
 def test_tampered_bundle_refuses_to_start(tiny_run: TinyRun, tmp_path) -> None:
