@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -259,6 +260,7 @@ def train_generator(
                 stale += 1
             stop[0] = float(stale >= config.train.patience or out_of_time)
             tqdm.write(_format_record(record))
+            sys.stdout.flush()  # a log file sees each validation as it happens
         history.append(record)
         if max_steps is not None and step >= max_steps:
             stop[0] = 1.0
