@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -30,6 +31,7 @@ from service.schemas import (
 __all__ = ["router", "status_of"]
 
 router = APIRouter()
+_ABSOLUTE_DIRS = re.compile(r"(?<![\w.~-])/(?:[^\s/'\"]+/)+")
 ItemIdPath = Annotated[str, PathParam(min_length=1, max_length=200)]
 
 
@@ -139,8 +141,19 @@ async def model_info(state: State) -> dict[str, Any]:
             "queue_size": state.settings.queue_size,
         },
         "store": state.store.state,
-        "metrics": manifest.metrics,
+        "metrics": _without_paths(manifest.metrics),
     }
+
+
+def _without_paths(value: Any) -> Any:
+    """The run's metrics with absolute paths cut to their last part: server paths are never shown."""
+    if isinstance(value, dict):
+        return {key: _without_paths(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    if isinstance(value, str):
+        return _ABSOLUTE_DIRS.sub("", value)  # "/srv/runs/x/config.toml" -> "config.toml"
+    return value
 
 
 @router.post("/admin/reload", dependencies=[ApiKey], tags=["ops"])

@@ -144,6 +144,9 @@ class RedisStore:
         backoff: Backoff = Backoff(),
     ) -> None:
         self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        # The bundle's tables are megabytes: a short per-request timeout would fail their upload on a
+        # busy machine forever, so they go through a client of their own with a generous one.
+        self._bulk = aioredis.from_url(url, socket_timeout=30.0, socket_connect_timeout=timeout_s)
         self._prefix = prefix
         self._cap = history_cap
         self._metrics = metrics
@@ -227,7 +230,7 @@ class RedisStore:
         return await fallback()
 
     async def _publish(self, bundle_id: str, tables: dict[str, bytes]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._bulk.pipeline(transaction=True) as pipe:
             for name, data in tables.items():
                 pipe.set(self._key("bundle", bundle_id, name), data)
             pipe.set(self._key("bundle", "current"), bundle_id)
@@ -337,3 +340,4 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reconnect
         await self._redis.aclose()
+        await self._bulk.aclose()
