@@ -13,6 +13,7 @@ import asyncio
 import random
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -132,8 +133,18 @@ async def _model_info(http: httpx.AsyncClient) -> dict[str, Any]:
     return info if isinstance(info, dict) else {"v1_model": info}
 
 
-async def run_load_test(config: LoadTestConfig, command: str) -> LoadTestReport:
-    """Read the catalogue, seed the users' histories, then run every rate step in order."""
+async def run_load_test(
+    config: LoadTestConfig,
+    command: str,
+    on_step: Callable[[float, list[Outcome]], None] | None = None,
+    before_step: Callable[[float], None] | None = None,
+) -> LoadTestReport:
+    """Read the catalogue, seed the users' histories, then run every rate step in order.
+
+    ``before_step(rate)`` runs just before a step starts and ``on_step(rate, outcomes)`` gets its raw
+    outcomes: seams for drivers that inject faults during a step or summarise it their own way
+    (``benchmarks/reliability.py``).
+    """
     rng = random.Random(config.seed)
     limits = httpx.Limits(
         max_connections=config.max_concurrency, max_keepalive_connections=config.max_concurrency
@@ -160,6 +171,10 @@ async def run_load_test(config: LoadTestConfig, command: str) -> LoadTestReport:
             seeding=await _seed_histories(client),
         )
         for rate in config.rates:
+            if before_step is not None:  # seams for drivers that inject faults during a step
+                before_step(rate)
             outcomes = await _run_step(client, rate, rng)
+            if on_step is not None:
+                on_step(rate, outcomes)
             report.steps.append(summarise_step(rate, config.step_seconds, outcomes, config.p99_target_ms))
     return report

@@ -1,0 +1,552 @@
+"""Reliability run against a real service process on loopback: fuzz, Redis outage, overload, reload, soak.
+
+  python -m benchmarks.reliability --bundle runs/reliability/bundle \\
+      --second-bundle runs/reliability/bundle-b --out benchmarks/results/reliability.json
+
+Starts its own ``redis-server`` (append-only, on a free port, in a temporary directory) and
+``python -m service`` on the bundle, then runs, in order:
+
+1. fuzz      ``--fuzz-requests`` requests generated from the service's OpenAPI schema
+             (benchmarks/fuzz.py): 0 answers 5xx, none leaks a traceback or a server path, every
+             4xx names its field.
+2. capacity  a closed-loop burst measures saturation throughput; the *rated* load is
+             ``--rated-fraction`` of it. A rated step gives the reference p99.
+3. overload  one open-loop step at ``--overload-factor`` × rated: admitted requests (2xx) and shed
+             ones (429/503 + Retry-After) are timed separately.
+4. outage    a rated step during which Redis is stopped for ``--outage-seconds`` and started again;
+             readiness is polled throughout, and afterwards every accepted event is looked up in Redis.
+5. reload    a rated step with ``POST /admin/reload`` every 2 s, alternating between the two bundles.
+6. soak      ``--soak-seconds`` at the rated load, sampling the service's RSS every 5 s (PNG beside
+             the JSON).
+
+Load comes from the open-loop harness in deploy/loadtest (every 2xx is checked for correctness).
+Prints a progress line per phase, a summary table at the end, and writes the JSON with the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import secrets
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import redis
+from hypothesis import HealthCheck, given, settings
+
+from benchmarks.fuzz import FuzzRequest, problems, request_strategy
+from deploy.loadtest import LoadTestConfig, run_load_test
+from deploy.loadtest.report import Outcome
+
+REPO = Path(__file__).resolve().parents[1]
+PREFIX = "sidrec"  # the service's default Redis key prefix
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """redis-server with an append-only file in ``workdir`` (as compose and k8s run it)."""
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(workdir)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    for _ in range(100):
+        with contextlib.suppress(redis.ConnectionError):
+            client.ping()
+            return process
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server did not start on port {port}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values else None
+
+
+# ------------------------------------------------------------------------------------------ phases
+def fuzz(url: str, api_key: str, n: int, forbidden: tuple[str, ...]) -> dict[str, Any]:
+    with httpx.Client(base_url=url, timeout=30) as http:
+        schema = http.get("/openapi.json").json()
+        items = http.get("/items", params={"limit": 100}).json()["items"]
+        known = [row["item_id"] for row in items] + sorted({p for r in items for p in r["category_path"]})[
+            :10
+        ]
+        statuses: dict[str, int] = {}
+        found: list[str] = []
+        count = 0
+
+        @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(request_strategy(schema, known, api_key))
+        def send(request: FuzzRequest) -> None:
+            nonlocal count
+            response = http.request(
+                request.method,
+                request.url,
+                params=request.params,
+                headers=request.headers,
+                content=request.content,
+            )
+            count += 1
+            statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
+            found.extend(problems(request, response.status_code, response.text, forbidden))
+            if count % 500 == 0:
+                log(f"  fuzz: {count}/{n} requests, {len(found)} problems")
+
+        send()
+    return {
+        "requests": count,
+        "server_errors": sum(v for k, v in statuses.items() if k.startswith("5")),
+        "problems": len(found),
+        "problem_examples": found[:10],
+        "status_counts": dict(sorted(statuses.items())),
+        "operations": sorted({f"{m.upper()} {p}" for p, ops in schema["paths"].items() for m in ops}),
+    }
+
+
+async def saturation(url: str, history: list[str], seconds: float, clients: int) -> float:
+    """Answers per second with ``clients`` closed-loop senders (the most the service can do)."""
+    done = 0
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        stop_at = time.monotonic() + seconds
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < stop_at:
+                response = await http.post("/recommend", json={"history": history, "k": 10})
+                done += response.status_code == 200
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return done / seconds
+
+
+def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
+    recs = [o for o in outcomes if o.kind != "event"]
+    ok = [o.latency_s * 1e3 for o in recs if o.ok]
+    shed = [o.latency_s * 1e3 for o in recs if o.status in ("429", "503")]
+    statuses: dict[str, int] = {}
+    for o in outcomes:
+        statuses[f"{o.kind}:{o.status}"] = statuses.get(f"{o.kind}:{o.status}", 0) + 1
+    return {
+        "requests": len(outcomes),
+        "recommend_requests": len(recs),
+        "recommend_ok": len(ok),
+        "recommend_failed": len(recs) - len(ok),
+        "shed": len(shed),
+        "admitted_p50_ms": percentile(ok, 50),
+        "admitted_p99_ms": percentile(ok, 99),
+        "shed_p50_ms": percentile(shed, 50),
+        "shed_p99_ms": percentile(shed, 99),
+        "invalid": sum(1 for o in outcomes if o.status.startswith("2") and o.problems),
+        "server_errors": sum(1 for o in outcomes if o.status.startswith("5") and o.status != "503"),
+        "status_counts": dict(sorted(statuses.items())),
+    }
+
+
+def load(url: str, api_key: str, rate: float, seconds: float, **hooks: Any) -> list[Outcome]:
+    config = LoadTestConfig(
+        url=url,
+        rates=(rate,),
+        step_seconds=seconds,
+        api_key=api_key,
+        n_users=50,
+        max_history=10,
+        p99_target_ms=1e9,
+        max_concurrency=256,
+    )
+    collected: list[Outcome] = []
+    hooks.setdefault("on_step", lambda _rate, outcomes: collected.extend(outcomes))
+    asyncio.run(run_load_test(config, "benchmarks.reliability", **hooks))
+    return collected
+
+
+def outage(
+    url: str,
+    api_key: str,
+    rate: float,
+    redis_port: int,
+    redis_dir: Path,
+    args: argparse.Namespace,
+    holder: dict[str, subprocess.Popen[bytes]],
+) -> dict[str, Any]:
+    redis.Redis(port=redis_port).flushdb()  # count only this phase's events
+    timeline: list[tuple[float, str]] = []
+    started = threading.Event()
+
+    def chaos() -> None:
+        started.wait()
+        t0 = time.monotonic()
+        poll_until = t0 + args.outage_seconds + 25
+        stopped = restarted = False
+        while time.monotonic() < poll_until:
+            now = time.monotonic() - t0
+            if not stopped and now >= 3:
+                stop(holder["redis"])
+                stopped = True
+                timeline.append((round(now, 2), "redis stopped"))
+            if stopped and not restarted and now >= 3 + args.outage_seconds:
+                holder["redis"] = start_redis(redis_port, redis_dir)
+                restarted = True
+                timeline.append((round(time.monotonic() - t0, 2), "redis started"))
+            with contextlib.suppress(httpx.HTTPError):
+                status = httpx.get(f"{url}/readyz", timeout=2).json()["status"]
+                if not timeline or timeline[-1][1] != status:
+                    timeline.append((round(time.monotonic() - t0, 2), status))
+                if restarted and status == "ready":
+                    return
+            time.sleep(0.25)
+
+    thread = threading.Thread(target=chaos, daemon=True)
+    thread.start()
+    outcomes = load(url, api_key, rate, args.outage_seconds + 12, before_step=lambda _r: started.set())
+    thread.join(60)
+    time.sleep(1.0)
+    client = redis.Redis(port=redis_port)
+    stored = sum(int(client.llen(key)) for key in client.scan_iter(f"{PREFIX}:history:loadtest:*:e*"))
+    accepted = sum(1 for o in outcomes if o.kind == "event" and o.status == "200")
+    refused = sum(1 for o in outcomes if o.kind == "event" and o.status == "503")
+    metrics = httpx.get(f"{url}/metrics").text
+    attempts = next(
+        (
+            float(line.split()[1])
+            for line in metrics.splitlines()
+            if line.startswith("sidrec_redis_reconnect_attempts_total ")
+        ),
+        None,
+    )
+    states = [s for _, s in timeline if s in ("ready", "degraded")]
+    return {
+        **summarise(outcomes),
+        "outage_seconds": args.outage_seconds,
+        "timeline": timeline,
+        "readiness_degraded_then_recovered": "degraded" in states and states[-1] == "ready",
+        "events_accepted": accepted,
+        "events_refused_503": refused,
+        "events_stored": stored,
+        "events_lost": max(0, accepted - stored),
+        "events_duplicated": max(0, stored - accepted),
+        "reconnect_attempts": attempts,
+    }
+
+
+def reload_under_load(
+    url: str, api_key: str, rate: float, seconds: float, names: list[str]
+) -> dict[str, Any]:
+    reloads: list[dict[str, Any]] = []
+    started, finished = threading.Event(), threading.Event()
+
+    def reloader() -> None:
+        started.wait()
+        n = 0
+        while not finished.wait(2.0):
+            name = names[n % len(names)]
+            response = httpx.post(
+                f"{url}/admin/reload", json={"bundle": name}, headers={"X-API-Key": api_key}, timeout=60
+            )
+            reloads.append({"bundle": name, "status": response.status_code, **response.json()})
+            n += 1
+
+    thread = threading.Thread(target=reloader, daemon=True)
+    thread.start()
+    outcomes = load(url, api_key, rate, seconds, before_step=lambda _r: started.set())
+    finished.set()
+    thread.join(120)
+    summary = summarise(outcomes)
+    return {
+        **summary,
+        "reloads": len(reloads),
+        "reloads_ok": sum(r["status"] == 200 for r in reloads),
+        "bundle_ids": sorted({r.get("bundle_id", "") for r in reloads}),
+        "failed_requests": summary["requests"] - sum(1 for o in outcomes if o.ok),
+    }
+
+
+def soak(url: str, api_key: str, rate: float, seconds: float, pid: int) -> dict[str, Any]:
+    curve: list[tuple[float, float]] = []
+    finished = threading.Event()
+    t0 = time.monotonic()
+
+    def sample() -> None:
+        while True:
+            curve.append((round(time.monotonic() - t0, 1), round(rss_mb(pid), 2)))
+            if len(curve) % 12 == 0:
+                log(f"  soak: {curve[-1][0]:.0f} s, RSS {curve[-1][1]:.1f} MB")
+            if finished.wait(5.0):
+                curve.append((round(time.monotonic() - t0, 1), round(rss_mb(pid), 2)))
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    outcomes = load(url, api_key, rate, seconds)
+    finished.set()
+    thread.join(10)
+    rss = [mb for _, mb in curve]
+    tail = curve[len(curve) // 2 :]  # slope over the second half: after warm-up, growth should be ~0
+    slope = (
+        float(np.polyfit([t for t, _ in tail], [mb for _, mb in tail], 1)[0]) * 60 if len(tail) > 2 else None
+    )
+    return {
+        **summarise(outcomes),
+        "seconds": seconds,
+        "rss_mb_start": rss[0],
+        "rss_mb_end": rss[-1],
+        "rss_mb_max": max(rss),
+        "rss_mb_per_min_second_half": round(slope, 3) if slope is not None else None,
+        "rss_curve": curve,
+    }
+
+
+def plot_rss(curve: list[tuple[float, float]], path: Path, rate: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot([t for t, _ in curve], [mb for _, mb in curve], marker=".")
+    axis.set_xlabel("seconds into the soak")
+    axis.set_ylabel("service RSS (MB)")
+    axis.set_title(f"sidrec soak at the rated load ({rate:g} req/s offered)")
+    axis.set_ylim(bottom=0)
+    axis.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# -------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.reliability",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--bundle", type=Path, required=True, help="bundle directory to serve")
+    parser.add_argument(
+        "--second-bundle", type=Path, help="another bundle beside it, for reload (default: same)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/reliability.json"))
+    parser.add_argument("--fuzz-requests", type=int, default=2000)
+    parser.add_argument(
+        "--rated-fraction", type=float, default=0.4, help="rated load / saturation throughput"
+    )
+    parser.add_argument("--overload-factor", type=float, default=2.0)
+    parser.add_argument(
+        "--step-seconds", type=float, default=20.0, help="length of the rated/overload/reload steps"
+    )
+    parser.add_argument("--outage-seconds", type=float, default=10.0)
+    parser.add_argument("--soak-seconds", type=float, default=300.0)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=200.0, help="SIDREC_MAX_QUEUE_DELAY_MS")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="SIDREC_MAX_BATCH_SIZE")
+    args = parser.parse_args(argv)
+    command = shlex.join(
+        ["python", "-m", "benchmarks.reliability", *(argv if argv is not None else sys.argv[1:])]
+    )
+    bundle = args.bundle.resolve()
+    second = (args.second_bundle or args.bundle).resolve()
+    if second.parent != bundle.parent:
+        parser.error("--second-bundle must sit in the same directory as --bundle (the reload root)")
+    api_key = secrets.token_hex(16)
+    workdir = Path(tempfile.mkdtemp(prefix="sidrec-reliability-"))
+    redis_port, port = free_port(), free_port()
+    holder = {"redis": start_redis(redis_port, workdir)}
+    env = {
+        **os.environ,
+        "SIDREC_BUNDLE_PATH": str(bundle),
+        "SIDREC_BUNDLE_ROOT": str(bundle.parent),
+        "SIDREC_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "SIDREC_API_KEY": api_key,
+        "SIDREC_PORT": str(port),
+        "SIDREC_HOST": "127.0.0.1",
+        "SIDREC_LOG_LEVEL": "warning",
+        "SIDREC_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms),
+        "SIDREC_MAX_BATCH_SIZE": str(args.max_batch_size),
+        "OMP_NUM_THREADS": "1",
+    }
+    service_log = (workdir / "service.log").open("w")
+    service = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=service_log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    report: dict[str, Any] = {"command": command}
+    try:
+        for _ in range(240):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            if service.poll() is not None:
+                raise RuntimeError(
+                    "the service exited during start-up:\n" + (workdir / "service.log").read_text()
+                )
+            time.sleep(0.5)
+        model = httpx.get(f"{url}/v1/model").json()
+        log(f"service {model['bundle_id']} on {url}, redis on port {redis_port}")
+
+        log(f"[1/6] fuzzing {args.fuzz_requests} requests from the OpenAPI schema")
+        report["fuzz"] = fuzz(url, api_key, args.fuzz_requests, (str(bundle), str(REPO), str(workdir)))
+        httpx.post(f"{url}/admin/reload", headers={"X-API-Key": api_key}, timeout=60)  # undo fuzzed reloads
+
+        log("[2/6] capacity: closed-loop saturation, then the rated step")
+        history = [r["item_id"] for r in httpx.get(f"{url}/items", params={"limit": 8}).json()["items"]]
+        saturated = asyncio.run(saturation(url, history, 8.0, 64))
+        rated = max(1.0, round(saturated * args.rated_fraction, 1))
+        rated_step = summarise(load(url, api_key, rated, args.step_seconds))
+        log(
+            f"  saturation {saturated:.1f} req/s, rated {rated:g} req/s, "
+            f"p99 {rated_step['admitted_p99_ms']} ms"
+        )
+
+        log(f"[3/6] overload at {args.overload_factor:g}x rated")
+        overload = summarise(load(url, api_key, rated * args.overload_factor, args.step_seconds))
+        log(
+            f"  admitted p99 {overload['admitted_p99_ms']} ms, "
+            f"shed {overload['shed']} (p99 {overload['shed_p99_ms']} ms)"
+        )
+
+        log(f"[4/6] Redis outage of {args.outage_seconds:g} s under the rated load")
+        outage_report = outage(url, api_key, rated, redis_port, workdir, args, holder)
+        log(
+            f"  failed recommend {outage_report['recommend_failed']}, "
+            f"events lost {outage_report['events_lost']}"
+        )
+
+        log("[5/6] reload under the rated load")
+        reload_report = reload_under_load(url, api_key, rated, args.step_seconds, [second.name, bundle.name])
+        log(
+            f"  {reload_report['reloads_ok']}/{reload_report['reloads']} reloads, "
+            f"failed requests {reload_report['failed_requests']}"
+        )
+
+        log(f"[6/6] soak: {args.soak_seconds:g} s at the rated load")
+        soak_report = soak(url, api_key, rated, args.soak_seconds, service.pid)
+    finally:
+        stop(service)
+        stop(holder["redis"])
+        service_log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    png = args.out.with_suffix(".png").with_name(args.out.stem + "-rss.png")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot_rss(soak_report["rss_curve"], png, rated)
+    ratio = (overload["admitted_p99_ms"] or 0) / (rated_step["admitted_p99_ms"] or 1)
+    report |= {
+        "fuzzed_requests": report["fuzz"]["requests"],
+        "server_errors": report["fuzz"]["server_errors"],
+        "fuzz_problems": report["fuzz"]["problems"],
+        "redis_outage_requests": outage_report["recommend_requests"],
+        "redis_outage_failed_requests": outage_report["recommend_failed"],
+        "events_lost": outage_report["events_lost"],
+        "saturation_rps": round(saturated, 2),
+        "rated_rps": rated,
+        "overload_rps": rated * args.overload_factor,
+        "rated_p99_ms": rated_step["admitted_p99_ms"],
+        "overload_admitted_p99_ms": overload["admitted_p99_ms"],
+        "overload_p99_ratio": round(ratio, 3),
+        "overload_shed_requests": overload["shed"],
+        "overload_shed_latency_ms_p99": overload["shed_p99_ms"],
+        "reload_requests": reload_report["requests"],
+        "reload_failed_requests": reload_report["failed_requests"],
+        "soak_seconds": args.soak_seconds,
+        "soak_rss_mb_start": soak_report["rss_mb_start"],
+        "soak_rss_mb_end": soak_report["rss_mb_end"],
+        "soak_rss_mb_max": soak_report["rss_mb_max"],
+        "soak_rss_png": str(png),
+        "phases": {
+            "rated": rated_step,
+            "overload": overload,
+            "outage": outage_report,
+            "reload": reload_report,
+            "soak": soak_report,
+        },
+        "model": model,
+        "settings": {
+            "max_queue_delay_ms": args.max_queue_delay_ms,
+            "max_batch_size": args.max_batch_size,
+            "rated_fraction": args.rated_fraction,
+            "overload_factor": args.overload_factor,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    rows = [
+        (
+            "fuzzed requests / 5xx / problems",
+            f"{report['fuzzed_requests']} / {report['server_errors']} / {report['fuzz_problems']}",
+        ),
+        (
+            "Redis outage: recommend requests / failed",
+            f"{report['redis_outage_requests']} / {report['redis_outage_failed_requests']}",
+        ),
+        (
+            "Redis outage: events accepted / lost / refused 503",
+            f"{outage_report['events_accepted']} / {report['events_lost']} / "
+            f"{outage_report['events_refused_503']}",
+        ),
+        ("readiness degraded then recovered", str(outage_report["readiness_degraded_then_recovered"])),
+        ("rated load (req/s) / p99 ms", f"{rated:g} / {report['rated_p99_ms']}"),
+        (
+            "overload (req/s) / admitted p99 ms / ratio",
+            f"{report['overload_rps']:g} / {report['overload_admitted_p99_ms']} / {ratio:.2f}",
+        ),
+        (
+            "overload shed requests / shed p99 ms",
+            f"{report['overload_shed_requests']} / {report['overload_shed_latency_ms_p99']}",
+        ),
+        (
+            "reload: reloads / requests / failed",
+            f"{reload_report['reloads_ok']} / {report['reload_requests']} / "
+            f"{report['reload_failed_requests']}",
+        ),
+        (
+            "soak RSS MB start / end / max",
+            f"{report['soak_rss_mb_start']} / {report['soak_rss_mb_end']} / {report['soak_rss_mb_max']}",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"{name.ljust(width)}  {value}" for name, value in rows))
+    print(f"wrote {args.out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
