@@ -29,7 +29,7 @@ __all__ = ["FuzzRequest", "Raw", "encode", "operations", "problems", "request_st
 #: Texts that must never appear in a response body: traceback markers and install paths.
 LEAK_MARKERS = ("Traceback (most recent call last)", 'File "/', "site-packages", "/usr/lib/python")
 #: A 4xx ``detail`` starts with the field (or header, or path) at fault: ``history[0]: ...``.
-FIELD_PREFIX = re.compile(r"^[A-Za-z_][\w.\[\]/-]*:")
+FIELD_PREFIX = re.compile(r"^[^\s:][^\s:]*:")
 #: Hostile ids for path parameters and string fields.
 PATHS = ("../../etc/passwd", "/etc/passwd", "..", "%2e%2e%2f", "C:\\Windows\\win.ini", "~root/.ssh/id_rsa")
 
