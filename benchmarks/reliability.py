@@ -10,7 +10,8 @@ Starts its own ``redis-server`` (append-only, on a free port, in a temporary dir
              (benchmarks/fuzz.py): 0 answers 5xx, none leaks a traceback or a server path, every
              4xx names its field.
 2. capacity  a closed-loop burst measures saturation throughput; the *rated* load is
-             ``--rated-fraction`` of it. A rated step gives the reference p99.
+             ``--rated-fraction`` of it, or ``--rated-rps`` when the capacity report gave one. A
+             rated step gives the reference p99.
 3. overload  one open-loop step at ``--overload-factor`` × rated: admitted requests (2xx) and shed
              ones (429/503 + Retry-After) are timed separately.
 4. outage    a rated step during which Redis is stopped for ``--outage-seconds`` and started again;
@@ -366,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rated-fraction", type=float, default=0.4, help="rated load / saturation throughput"
     )
+    parser.add_argument(
+        "--rated-rps",
+        type=float,
+        default=0.0,
+        help="rated load in req/s, e.g. max_rps_within_p99_target of the capacity report "
+        "(default 0: --rated-fraction of the measured saturation)",
+    )
     parser.add_argument("--overload-factor", type=float, default=2.0)
     parser.add_argument(
         "--step-seconds", type=float, default=20.0, help="length of the rated/overload/reload steps"
@@ -425,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         log("[2/6] capacity: closed-loop saturation, then the rated step")
         history = [r["item_id"] for r in httpx.get(f"{url}/items", params={"limit": 8}).json()["items"]]
         saturated = asyncio.run(saturation(url, history, 8.0, 64))
-        rated = max(1.0, round(saturated * args.rated_fraction, 1))
+        rated = args.rated_rps or max(1.0, round(saturated * args.rated_fraction, 1))
         rated_step = summarise(load(url, api_key, rated, args.step_seconds))
         log(
             f"  saturation {saturated:.1f} req/s, rated {rated:g} req/s, "
@@ -499,11 +507,13 @@ def main(argv: list[str] | None = None) -> int:
             "max_queue_delay_ms": args.max_queue_delay_ms,
             "max_batch_size": args.max_batch_size,
             "rated_fraction": args.rated_fraction,
+            "rated_rps": args.rated_rps,
             "overload_factor": args.overload_factor,
         },
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "load_avg_1m_at_end": os.getloadavg()[0],
             "python": platform.python_version(),
         },
     }

@@ -4,7 +4,8 @@
 # exists. Everything is loopback; histories live in the in-process store unless SIDREC_REDIS_URL is set.
 #
 # Environment: PY (python), BUNDLE (artifacts/demo/bundle), PORT (8765), RATES (5,10,20,40),
-# STEP_SECONDS (10), REPORT (runs/loadtest/report.json).
+# STEP_SECONDS (10), REPORT (runs/loadtest/report.json), DATA (a prepared dataset whose test users'
+# histories drive the requests; default: random histories over the catalogue).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY="${PY:-python3}"
@@ -42,4 +43,4 @@ sys.exit("loadtest: the service was not ready within 120 s")
 PYEOF
 
 "$PY" -m deploy.loadtest --url "http://127.0.0.1:$PORT" --rates "${RATES:-5,10,20,40}" \
-  --step-seconds "${STEP_SECONDS:-10}" --report "$REPORT"
+  --step-seconds "${STEP_SECONDS:-10}" --report "$REPORT" ${DATA:+--data "$DATA"}
