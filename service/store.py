@@ -196,6 +196,10 @@ class RedisStore:
             attempt += 1
             self._metrics.redis_reconnects.inc()
             try:
+                # After an outage every pooled connection is stale and would fail once more on its
+                # next use, flipping the store back to degraded once per connection: drop them all.
+                await self._redis.connection_pool.disconnect()
+                await self._bulk.connection_pool.disconnect()
                 await self._redis.ping()
                 if self._pending is not None:
                     await self._publish(*self._pending)

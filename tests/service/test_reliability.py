@@ -30,7 +30,7 @@ from service.errors import DeadlineExceeded
 from service.manifest import sha256_file
 from service.metrics import ServiceMetrics
 from service.recommender import Query, Recommender
-from service.store import Backoff
+from service.store import Backoff, RedisStore
 from tests.service.conftest import API_KEY, free_port, settings_for, start_redis_server
 from tests.training.export.tiny_run import TinyRun
 
@@ -356,3 +356,38 @@ def test_chunked_bodies_over_the_limit_are_413(tiny_run: TinyRun) -> None:
 
         response = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
         assert response.status_code == 413 and "SIDREC_MAX_BODY_BYTES" in response.text
+
+
+def test_one_outage_is_one_degraded_period_not_one_per_pooled_connection(tmp_path: Path) -> None:
+    """After a restart every pooled connection is stale; the reconnect must drop them all at once."""
+    port = free_port()
+    server = start_redis_server(port, tmp_path)
+    metrics = ServiceMetrics()
+
+    async def scenario() -> tuple[str, float, float]:
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", "t", 50, metrics)
+        await store.start("b", {"sids": b"x"})
+        appends = [store.append(f"u{i}", ["a"]) for i in range(20)]
+        await asyncio.gather(*appends)  # concurrent: the pool now holds many connections
+        nonlocal server
+        server.terminate()
+        server.wait(10)
+        server = start_redis_server(port, tmp_path)
+        await store.append("u0", ["b"])  # notices the outage (a stale connection)
+        for _ in range(200):
+            if store.state == "ok":
+                break
+            await asyncio.sleep(0.05)
+        errors_after_recovery = metrics.store_errors._value.get()
+        await asyncio.gather(*(store.append(f"u{i}", ["c"]) for i in range(20)))
+        state = store.state
+        await store.close()
+        return state, errors_after_recovery, metrics.store_errors._value.get()
+
+    try:
+        state, before, after = asyncio.run(scenario())
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert state == "ok"
+    assert after == before, "a stale pooled connection flipped the store back to degraded"
