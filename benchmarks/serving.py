@@ -7,14 +7,16 @@
     ``Recommender``: one encoder call per batch (history encoded once per request), one step call per
     level over batch × beam, the STATIC-style prefix index for the masks, explanations included.
     Closed loop: ``batch size`` concurrent clients, each sending its next request when answered.
-(b) peer-style: one request at a time, the same ONNX graphs (with the cross-attention K/V cache when
-    the bundle has it, as HF ``generate`` caches encoder K/V), and a per-beam Python dict trie consulted
+(b) peer-style: one request at a time, the same ONNX graphs (the incremental ones when the bundle has
+    them: encoder K/V computed once and decoder ``past_key_values`` reordered by beam, as HF
+    ``generate`` decodes), and a per-beam Python dict trie consulted
     through a ``prefix_allowed_tokens(beam, prefix)`` callback that fills the mask beam by beam (the
     transformers ``PrefixConstrainedLogitsProcessor`` pattern used by TIGER/LC-Rec re-implementations).
 
-The service runs with the K/V graphs and, for comparison, with the reference step graph that
-re-projects the memory for every beam (``--kv-cache both``). Both decoders decode the same
-histories with the same k, beam and exclude_seen; the top-k of every request is compared.
+The service runs with the incremental graphs and, for comparison, with the reference step graph that
+re-projects the memory and recomputes the whole prefix for every beam (``--kv-cache both``). Both
+decoders decode the same histories with the same k, beam and exclude_seen; the top-k of every
+request is compared.
 Prints a table and the throughput ratio and writes JSON with the command in it.
 """
 
@@ -73,27 +75,28 @@ class PeerDecoder:
 
     def recommend(self, history: list[int], k: int, beam: int) -> list[int]:
         memory, mask = self.recommender.encode([history], self.recommender.snapshot.sids)  # (1, T, d)
-        memory = self.recommender.decoder_input(memory)  # the cross-attention K/V when the bundle has them
+        decoder = self.recommender.decoder(memory, mask)  # the service's graphs, fed one request
         depth = self.recommender.snapshot.sids.shape[1]
         seen = set(history)
-        beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
+        beams: list[tuple[tuple[int, ...], float, int]] = [((), 0.0, 0)]  # prefix, score, parent beam
         for _ in range(depth):
             n = len(beams)
-            prefix = np.array([p for p, _ in beams], dtype=np.int64).reshape(n, -1)  # (n, S)
-            logp = log_softmax(self.recommender.step(np.repeat(memory, n, 0), np.repeat(mask, n, 0), prefix))
+            prefix = np.array([p for p, _, _ in beams], dtype=np.int64).reshape(1, n, -1)  # (1, n, S)
+            parent = np.array([[b for _, _, b in beams]], dtype=np.int64)  # (1, n): reorder the caches
+            logp = log_softmax(decoder.step(prefix, parent)[0])  # (n, K)
             k_codes = logp.shape[1]
             masked = np.full_like(logp, -np.inf)
-            for b, (p, _) in enumerate(beams):  # the per-beam callback loop
+            for b, (p, _, _) in enumerate(beams):  # the per-beam callback loop
                 allowed = self.prefix_allowed_tokens(p, seen)
                 masked[b, allowed] = logp[b, allowed]
-            scores = (np.array([s for _, s in beams], dtype=np.float32)[:, None] + masked).reshape(-1)
+            scores = (np.array([s for _, s, _ in beams], dtype=np.float32)[:, None] + masked).reshape(-1)
             order = np.argsort(-scores, kind="stable")[:beam]
             beams = [
-                ((*beams[i // k_codes][0], int(i % k_codes)), float(scores[i]))
+                ((*beams[i // k_codes][0], int(i % k_codes)), float(scores[i]), int(i // k_codes))
                 for i in order
                 if np.isfinite(scores[i])
             ]
-        return [self.leaf[p] for p, _ in beams[:k]]
+        return [self.leaf[p] for p, _, _ in beams[:k]]
 
 
 async def closed_loop(recommender: Recommender, queries: list[Query], clients: int, wait_ms: float) -> dict:
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "--kv-cache",
         choices=["both", "on", "off"],
         default="both",
-        help="service with the cross-attention K/V graphs, the reference step, or both",
+        help="service with the incremental (K/V-cached) graphs, the reference step, or both",
     )
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = CPU limit)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving-cpu.json"))
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.serving " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     bundle = load_bundle(args.bundle, args.provider.split(","), args.threads or cpu_limit())
-    recommender = Recommender(bundle)  # K/V graphs when the bundle has them
+    recommender = Recommender(bundle)  # the incremental graphs when the bundle has them
     modes = {"both": [True, False], "on": [True], "off": [False]}[args.kv_cache]
     if not bundle.manifest.has_kv_cache:
         modes = [False]

@@ -5,7 +5,8 @@ Semantics are exactly those of docs/CONTRACTS.md §3 (the torch reference is
 ``log_softmax`` over all ``K`` codes, invalid codes become ``-inf`` *after* it, the ``beam × K``
 candidates of a request are ranked by a stable sort on ``-score`` (ties -> lower flat index
 ``beam * K + code``), and ``-inf`` beams are dropped. The whole batch advances together: one step
-call, one trie gather and one sort per level, no Python loop over beams, requests or items.
+call, one trie gather and one sort per level, no Python loop over beams, requests or items. What
+runs the generator is a ``service.decoders.Decoder`` (reference step graph or incremental fast path).
 
 Requests in one batch may ask for different beam widths and ``k``: the batch runs with the widest
 beam and each request keeps only its own top ``beam`` rows (the rest are set to ``-inf``), which
@@ -21,12 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.constraints import Processor, StepContext, TrieConstraint, apply_processors
+from service.decoders import Decoder
 from service.prefix_index import PrefixIndex
 
-__all__ = ["BeamHit", "ConstrainedBeamSearch", "StepFunction", "log_softmax", "top_candidates"]
-
-#: ``step(memory (N, T, d) float32, memory_mask (N, T) bool, prefix (N, S) int64) -> logits (N, K)``
-StepFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+__all__ = ["BeamHit", "ConstrainedBeamSearch", "log_softmax", "top_candidates"]
 
 
 @dataclass(frozen=True)
@@ -65,45 +64,39 @@ def top_candidates(candidates: np.ndarray, keep: int) -> np.ndarray:
 
 
 class ConstrainedBeamSearch:
-    """Beam search restricted to the IDs of ``index``; ``step`` is the generator's step graph."""
+    """Beam search restricted to the IDs of ``index``."""
 
-    def __init__(self, index: PrefixIndex, step: StepFunction) -> None:
+    def __init__(self, index: PrefixIndex) -> None:
         self.index = index
-        self.step = step
         self._trie = TrieConstraint()
 
     def search(
         self,
-        memory: np.ndarray,
-        memory_mask: np.ndarray,
+        decoder: Decoder,
         beams: np.ndarray,
         ks: np.ndarray,
         processors: list[Processor] | None = None,
         on_step: Callable[[int, float, float], None] | None = None,
     ) -> list[list[BeamHit]]:
-        """Decode a batch: ``memory`` (B, ...) per request (repeated per beam for the step function),
-        ``memory_mask`` (B, T), per-request ``beams``/``ks`` (B,).
+        """Decode a batch with ``decoder`` (a fresh one per batch), per-request ``beams``/``ks`` (B,).
 
         ``processors`` add request constraints on top of the catalogue trie. ``on_step(depth,
-        step_seconds, mask_seconds)`` is told how long each level spent in the step graph and in
+        step_seconds, mask_seconds)`` is told how long each level spent in the decoder and in
         constraint masking (for metrics and the benchmark).
         """
-        batch = memory.shape[0]
+        batch = beams.shape[0]
         width = int(beams.max())
         k_codes = self.index.codebook_size
         chain: list[Processor] = [self._trie, *(processors or [])]
         scores = np.zeros((batch, 1), dtype=np.float32)  # (B, W_cur): the first level starts from one beam
         states = np.zeros((batch, 1), dtype=np.int64)  # (B, W_cur) trie node ids
         prefix = np.zeros((batch, 1, 0), dtype=np.int64)  # (B, W_cur, S)
+        parent = np.zeros((batch, 1), dtype=np.int64)  # (B, W_cur) beam continued from the last level
         for depth in range(self.index.id_length):
             current = scores.shape[1]
             rows = batch * current
             started = time.perf_counter()
-            logits = self.step(
-                np.repeat(memory, current, axis=0),  # (N, ...)
-                np.repeat(memory_mask, current, axis=0),  # (N, T)
-                prefix.reshape(rows, depth),  # (N, S)
-            )
+            logits = decoder.step(prefix, parent).reshape(rows, k_codes)  # (N, K)
             logp = log_softmax(logits.astype(np.float32, copy=False))  # (N, K)
             masking = time.perf_counter()
             children = self.index.children(depth, states.reshape(rows))  # (N, K)

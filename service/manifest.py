@@ -17,14 +17,14 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.errors import BundleError
 
 __all__ = [
-    "CACHED_GRAPH_NAMES",
+    "FAST_PATH_GRAPH_NAMES",
     "GRAPH_NAMES",
     "MANIFEST_FILE",
     "SCHEMA_VERSION",
@@ -38,13 +38,19 @@ __all__ = [
     "sha256_file",
 ]
 
-SCHEMA_VERSION = 1
+#: 2: the fast path became incremental (``generator_step_incremental``); 1 is still read (see below).
+SCHEMA_VERSION: Final = 2
 MANIFEST_FILE = "manifest.json"
 
 #: Graph names every bundle carries (see docs/CONTRACTS.md §4).
 GRAPH_NAMES = ("tokenizer", "tag_heads", "generator_encoder", "generator_step")
-#: The cross-attention K/V fast path: both or neither (``generator_step`` stays the reference).
-CACHED_GRAPH_NAMES = ("generator_cross_kv", "generator_step_cached")
+#: The fast path by schema version: all or none of a version's graphs (``generator_step`` stays the
+#: reference). A version-1 bundle's ``generator_step_cached`` is verified like any graph but not used
+#: (this service decodes such a bundle with the reference step graph).
+FAST_PATH_GRAPH_NAMES = {
+    1: ("generator_cross_kv", "generator_step_cached"),
+    2: ("generator_cross_kv", "generator_step_incremental"),
+}
 #: Plain files every bundle carries besides the graphs.
 TABLE_NAMES = ("sids", "prefix_index", "tags", "catalogue")
 
@@ -132,7 +138,7 @@ class DecodingDefaults(_Strict):
 class Manifest(_Strict):
     """Everything the service needs to know about a bundle before trusting it."""
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     bundle_id: str = Field(min_length=1)
     created_at: str
     git_sha: str
@@ -152,16 +158,20 @@ class Manifest(_Strict):
             missing = [n for n in names if n not in have]
             if missing:
                 raise ValueError(f"{kind} is missing {missing}")
-        unknown = sorted(set(self.graphs) - set(GRAPH_NAMES) - set(CACHED_GRAPH_NAMES))
+        fast_path = FAST_PATH_GRAPH_NAMES[self.schema_version]
+        unknown = sorted(set(self.graphs) - set(GRAPH_NAMES) - set(fast_path))
         if unknown:
             raise ValueError(f"graphs has unknown entries {unknown}")
-        if 0 < sum(n in self.graphs for n in CACHED_GRAPH_NAMES) < len(CACHED_GRAPH_NAMES):
-            raise ValueError(f"graphs must hold all of {list(CACHED_GRAPH_NAMES)} or none")
+        if 0 < sum(n in self.graphs for n in fast_path) < len(fast_path):
+            raise ValueError(f"graphs must hold all of {list(fast_path)} or none")
         return self
 
     @property
     def has_kv_cache(self) -> bool:
-        return all(n in self.graphs for n in CACHED_GRAPH_NAMES)
+        """Whether the bundle has the fast path this service decodes with (the current version's)."""
+        return self.schema_version == SCHEMA_VERSION and all(
+            n in self.graphs for n in FAST_PATH_GRAPH_NAMES[SCHEMA_VERSION]
+        )
 
     def files(self) -> dict[str, FileSpec]:
         """Every file of the bundle by its logical name."""

@@ -1,8 +1,9 @@
 """The serving core: histories in, explained recommendations out, for a whole batch at once.
 
-``Recommender`` owns the loaded bundle and runs the three graphs the way serving needs them: the
-encoder once per request (``(B, T)`` histories), the step graph over batch × beam inside
-``ConstrainedBeamSearch``, and the tag heads once over all returned IDs to explain them. It knows
+``Recommender`` owns the loaded bundle and runs its graphs the way serving needs them: the encoder
+once per request (``(B, T)`` histories), the decoder graphs over batch × beam inside
+``ConstrainedBeamSearch`` (``service.decoders``: the incremental fast path when the bundle has it,
+else the reference step graph), and the tag heads once over all returned IDs to explain them. It knows
 nothing of HTTP, queues or Redis, so tests and the benchmark drive it directly.
 
 Cold-start items (``add_item``) are tokenised by ``tokenizer.onnx``, get the smallest free
@@ -23,10 +24,14 @@ import numpy as np
 from service.beam_search import ConstrainedBeamSearch
 from service.bundle import LoadedBundle
 from service.constraints import AllowedItems, ExcludeItems, Processor
+from service.decoders import Decoder, IncrementalDecoder, ReferenceDecoder
 from service.errors import InvalidRequest
 from service.prefix_index import PrefixIndex
 
-__all__ = ["CatalogueSnapshot", "Query", "Recommendation", "Recommender", "TagScore"]
+__all__ = ["ENCODER_GROUP", "CatalogueSnapshot", "Query", "Recommendation", "Recommender", "TagScore"]
+
+#: histories per encoder call when a batch is grouped by length (see ``Recommender.encode``)
+ENCODER_GROUP = 16
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,14 @@ class Recommender:
     """Batched, constrained, explained recommendation over one loaded bundle."""
 
     def __init__(self, bundle: LoadedBundle, kv_cache: bool = True) -> None:
-        """``kv_cache``: decode with the bundle's cross-attention K/V graphs when it has them."""
+        """``kv_cache``: decode with the bundle's incremental (K/V-cached) graphs when it has them."""
         self.bundle = bundle
         self.kv_cache = kv_cache and bundle.manifest.has_kv_cache
         spec = bundle.manifest.id_spec
         self.history_length = bundle.manifest.decoding.history_length
+        encoder = bundle.manifest.graphs["generator_encoder"]
+        self.trim_history = isinstance(encoder.inputs[0].shape[1], str)  # dynamic history axis
+        self.d_model = int(encoder.outputs[0].shape[2])
         self.levels = spec.levels
         self.codebook_size = spec.codebook_size
         self.snapshot = CatalogueSnapshot.build(
@@ -98,36 +106,55 @@ class Recommender:
 
     # ------------------------------------------------------------------------------ graph calls
     def encode(self, histories: list[list[int]], sids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Left-pad histories to T: memory (B, T, d) float32 and its mask (B, T) bool."""
+        """Left-padded histories -> memory (B, T_b, d) float32 and its mask (B, T_b) bool, T_b <= T.
+
+        Most histories are far shorter than ``T``, and the encoder's cost grows with the padded
+        length, so (when the bundle's encoder has a dynamic history axis) the batch is encoded in
+        groups of ``ENCODER_GROUP`` histories of similar length, each padded only to its own longest,
+        and the memories are left-padded to the batch's longest. That changes no real position: the
+        encoder is causal and never attends to padding, and the decoder masks padded positions out.
+        An empty history keeps all ``T`` positions (its memory is all padding, which the decoder reads).
+        """
         t = self.history_length
-        tokens = np.zeros((len(histories), t), dtype=np.int64)  # (B, T), 0 = padding
-        for row, history in enumerate(histories):
-            recent = history[-t:]
-            if recent:
-                tokens[row, t - len(recent) :] = np.asarray(recent, dtype=np.int64) + 1
-        codes = sids[np.maximum(tokens - 1, 0)]  # (B, T, D); padding rows are masked out
-        codes[tokens == 0] = 0
-        (memory,) = self.bundle.sessions["generator_encoder"].run(
-            ["memory"], {"history_tokens": tokens, "history_codes": codes}
-        )
-        return memory, tokens > 0
+        lengths = np.array([min(len(h), t) if h and self.trim_history else t for h in histories])
+        width = int(lengths.max())
+        memory = np.zeros((len(histories), width, self.d_model), dtype=np.float32)  # (B, T_b, d)
+        mask = np.zeros((len(histories), width), dtype=bool)  # (B, T_b)
+        order = np.argsort(lengths, kind="stable")
+        for group in np.array_split(order, -(-len(histories) // ENCODER_GROUP)):
+            span = int(lengths[group[-1]])  # the group's longest
+            tokens = np.zeros((len(group), span), dtype=np.int64)  # (G, span), 0 = padding
+            for row, index in enumerate(group):
+                recent = histories[index][-t:]
+                if recent:
+                    tokens[row, span - len(recent) :] = np.asarray(recent, dtype=np.int64) + 1
+            codes = sids[np.maximum(tokens - 1, 0)]  # (G, span, D); padding rows are masked out
+            codes[tokens == 0] = 0
+            (encoded,) = self.bundle.sessions["generator_encoder"].run(
+                ["memory"], {"history_tokens": tokens, "history_codes": codes}
+            )
+            memory[group, width - span :] = encoded
+            mask[group, width - span :] = tokens > 0
+        return memory, mask
 
-    def decoder_input(self, memory: np.ndarray) -> np.ndarray:
-        """What the step function reads per row: the memory, or its cross-attention K/V (computed once)."""
+    def decoder(self, memory: np.ndarray, memory_mask: np.ndarray) -> Decoder:
+        """A decoder for one batch: memory (B, T, d) and its mask (B, T) from ``encode``."""
         if not self.kv_cache:
-            return memory  # (B, T, d)
+            return ReferenceDecoder(self._reference_step, memory, memory_mask)
         (cross_kv,) = self.bundle.sessions["generator_cross_kv"].run(["cross_kv"], {"memory": memory})
-        return cross_kv  # (B, layers, 2, h, T, dh)
+        return IncrementalDecoder(self._incremental_step, cross_kv, memory_mask)  # (B, layers, 2, h, T, dh)
 
-    def step(self, state: np.ndarray, memory_mask: np.ndarray, prefix: np.ndarray) -> np.ndarray:
-        """Logits (N, K) of the next ID level; ``state`` rows come from ``decoder_input``."""
-        if self.kv_cache:
-            feeds = {"cross_kv": state, "memory_mask": memory_mask, "prefix": prefix}
-            (logits,) = self.bundle.sessions["generator_step_cached"].run(["logits"], feeds)
-        else:
-            feeds = {"memory": state, "memory_mask": memory_mask, "prefix": prefix}
-            (logits,) = self.bundle.sessions["generator_step"].run(["logits"], feeds)
+    def _reference_step(self, memory: np.ndarray, memory_mask: np.ndarray, prefix: np.ndarray) -> np.ndarray:
+        feeds = {"memory": memory, "memory_mask": memory_mask, "prefix": prefix}
+        (logits,) = self.bundle.sessions["generator_step"].run(["logits"], feeds)
         return logits  # (N, K)
+
+    def _incremental_step(
+        self, cross_kv: np.ndarray, memory_mask: np.ndarray, prefix: np.ndarray, past: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        feeds = {"cross_kv": cross_kv, "memory_mask": memory_mask, "prefix": prefix, "past": past}
+        logits, present = self.bundle.sessions["generator_step_incremental"].run(["logits", "present"], feeds)
+        return logits, present  # (N, K), (N, layers, 2, S+1, d)
 
     def explain(self, codes: np.ndarray) -> list[list[TagScore]]:
         """Tag path with per-level confidence for each ID (N, D), read from the tag heads."""
@@ -176,9 +203,8 @@ class Recommender:
                     excluded[row, query.history] = True
             processors.append(ExcludeItems(snapshot.index, excluded))
         memory, mask = self.encode([q.history for q in queries], snapshot.sids)
-        hits = ConstrainedBeamSearch(snapshot.index, self.step).search(
-            self.decoder_input(memory),
-            mask,
+        hits = ConstrainedBeamSearch(snapshot.index).search(
+            self.decoder(memory, mask),
             np.array([q.beam for q in queries]),
             np.array([q.k for q in queries]),
             processors,

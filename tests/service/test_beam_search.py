@@ -17,13 +17,19 @@ from hypothesis import strategies as st
 
 from service.beam_search import ConstrainedBeamSearch, log_softmax, top_candidates
 from service.constraints import AllowedItems, ExcludeItems, StepContext, TrieConstraint
+from service.decoders import IncrementalDecoder, ReferenceDecoder
 from service.errors import InvalidRequest
 from service.prefix_index import PrefixIndex
 
 
+def toy_table(k: int, depth: int, seed: int) -> np.ndarray:
+    """(D, K, K): what code ``c`` at level ``j`` adds to the next level's logits."""
+    return np.random.default_rng(seed).normal(size=(depth, k, k)).astype(np.float32) * 2
+
+
 def make_step(k: int, depth: int, seed: int):
     """A deterministic toy generator step: logits depend on the memory and on every prefix code."""
-    table = np.random.default_rng(seed).normal(size=(depth, k, k)).astype(np.float32) * 2  # (D, K, K)
+    table = toy_table(k, depth, seed)
 
     def step(memory: np.ndarray, mask: np.ndarray, prefix: np.ndarray) -> np.ndarray:
         logits = (memory * mask[:, :, None]).sum(axis=1)[:, :k].copy()  # (N, K)
@@ -76,7 +82,7 @@ def test_matches_reference(seed: int, dense_levels: int, constrained: bool) -> N
     allowed[:, 0] = True
     excluded = rng.random((batch, len(sids))) > 0.7 if constrained else np.zeros((batch, len(sids)), bool)
     processors = [AllowedItems(index, allowed), ExcludeItems(index, excluded)] if constrained else []
-    hits = ConstrainedBeamSearch(index, step).search(memory, mask, beams, ks, processors)
+    hits = ConstrainedBeamSearch(index).search(ReferenceDecoder(step, memory, mask), beams, ks, processors)
     for b in range(batch):
         expected = reference_search(
             sids, step, memory[b], mask[b], int(beams[b]), int(ks[b]), allowed[b], excluded[b]
@@ -87,14 +93,48 @@ def test_matches_reference(seed: int, dense_levels: int, constrained: bool) -> N
             assert hit.codes == tuple(sids[hit.item])
 
 
+def make_incremental_step(k: int, depth: int, seed: int):
+    """``make_step`` as an incremental step: the prefix is read back from the cache (``past`` holds the
+    tokens of positions ``0..S-1`` as floats, BOS = -1), only the newest code from ``prefix``, so a
+    decoder that gave a beam another beam's cache would get other logits. ``cross_kv`` carries the
+    memory's contribution (B, K) as its ``T`` axis."""
+    table = toy_table(k, depth, seed)
+
+    def step(cross_kv, mask, prefix, past):
+        rows, s = prefix.shape
+        newest = prefix[:, -1:] if s else np.full((rows, 1), -1)  # (N, 1) token at position S
+        tokens = np.concatenate([past[:, 0, 0, :, 0], newest.astype(np.float32)], axis=1)  # (N, S+1)
+        logits = np.repeat(cross_kv[:, 0, 0, 0, :, 0], rows // len(cross_kv), axis=0)  # (N, K)
+        for j, codes in enumerate(tokens[:, 1:].astype(np.int64).T):
+            logits = logits + table[j, codes]
+        return logits, np.broadcast_to(tokens[:, None, None, :, None], (rows, 1, 2, s + 1, 1))
+
+    return step
+
+
+def test_incremental_decoder_reorders_its_cache() -> None:
+    rng = np.random.default_rng(4)
+    k, depth, batch = 6, 4, 5
+    sids = random_sids(rng, 120, k, depth)
+    index = PrefixIndex.build(sids, k)
+    memory = rng.normal(size=(batch, 3, 8)).astype(np.float32)
+    mask = rng.random((batch, 3)) > 0.3
+    base = (memory * mask[:, :, None]).sum(axis=1)[:, :k]  # (B, K) what make_step adds for the memory
+    beams, ks = rng.integers(2, 10, size=batch), np.full(batch, 2)
+    reference = ReferenceDecoder(make_step(k, depth, 4), memory, mask)
+    expected = ConstrainedBeamSearch(index).search(reference, beams, ks)
+    cross_kv = base.reshape(batch, 1, 1, 1, k, 1).repeat(2, axis=2)  # (B, layers, 2, h, T, dh)
+    decoder = IncrementalDecoder(make_incremental_step(k, depth, 4), cross_kv, mask)
+    assert ConstrainedBeamSearch(index).search(decoder, beams, ks) == expected
+
+
 def test_full_beam_returns_every_item_once() -> None:
     rng = np.random.default_rng(1)
     sids = random_sids(rng, 200, 8, 3)
     index = PrefixIndex.build(sids, 8)
     memory = rng.normal(size=(1, 2, 8)).astype(np.float32)
-    hits = ConstrainedBeamSearch(index, make_step(8, 3, 1)).search(
-        memory, np.ones((1, 2), bool), np.array([len(sids)]), np.array([len(sids)])
-    )[0]
+    decoder = ReferenceDecoder(make_step(8, 3, 1), memory, np.ones((1, 2), bool))
+    hits = ConstrainedBeamSearch(index).search(decoder, np.array([len(sids)]), np.array([len(sids)]))[0]
     assert sorted(h.item for h in hits) == list(range(len(sids)))
     assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
 

@@ -27,7 +27,7 @@ from service.app import create_app
 from service.batcher import MicroBatcher
 from service.bundle import load_bundle
 from service.errors import DeadlineExceeded
-from service.manifest import sha256_file
+from service.manifest import SCHEMA_VERSION, sha256_file
 from service.metrics import ServiceMetrics
 from service.recommender import Query, Recommender
 from service.store import Backoff, RedisStore
@@ -177,8 +177,8 @@ def _bad_bundles(source: Path, root: Path) -> dict[str, str]:
     _rewrite_manifest(bundle, lambda m: m["graphs"]["generator_encoder"].update(sha256=digest))
     made["inputs"] = "has inputs ['renamed_input'"
 
-    _rewrite_manifest(copy("newer"), lambda m: m.update(schema_version=2))
-    made["newer"] = "schema_version 2 is newer"
+    _rewrite_manifest(copy("newer"), lambda m: m.update(schema_version=SCHEMA_VERSION + 1))
+    made["newer"] = f"schema_version {SCHEMA_VERSION + 1} is newer"
 
     bundle = copy("pickled")  # an object array can only be read by unpickling: it must be refused
     np.save(bundle / "sids.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)

@@ -21,7 +21,7 @@ import torch
 from service.manifest import DecodingDefaults, FileSpec, IdSpec, Manifest, sha256_file
 from service.prefix_index import PrefixIndex
 from training.errors import DataError
-from training.export.cached_step import CachedStepGraph, CrossKVGraph
+from training.export.cached_step import CrossKVGraph, IncrementalStepGraph
 from training.export.graphs import EncoderGraph, StepGraph, TagHeadsGraph, TokenizerGraph, export_graph
 from training.generator.model import SidrecGenerator
 from training.tokenizer.model import HiDVAE
@@ -101,6 +101,8 @@ def export_bundle(inputs: BundleInputs, out: Path) -> Manifest:
     history_codes = sids[(tokens - 1).clamp(min=0)]  # (2, T, D)
     memory = inputs.generator.eval().encode(tokens, history_codes).detach()  # (2, T, d)
     batch = {0: "batch"}
+    # The history axis is dynamic too: the service pads each group of histories only to its longest.
+    history = {0: "batch", 1: "history"}
     tag_outputs = [f"tag_logits_{lvl}" for lvl in range(n_tag_levels)]
     prob_outputs = [f"tag_probs_{lvl}" for lvl in range(n_tag_levels)]
     graphs = {
@@ -128,7 +130,7 @@ def export_bundle(inputs: BundleInputs, out: Path) -> Manifest:
             out / "generator_encoder.onnx",
             ["history_tokens", "history_codes"],
             ["memory"],
-            {"history_tokens": batch, "history_codes": batch, "memory": batch},
+            {"history_tokens": history, "history_codes": history, "memory": history},
             meta,
         ),
         "generator_step": export_graph(
@@ -138,8 +140,8 @@ def export_bundle(inputs: BundleInputs, out: Path) -> Manifest:
             ["memory", "memory_mask", "prefix"],
             ["logits"],
             {
-                "memory": {0: "rows"},
-                "memory_mask": {0: "rows"},
+                "memory": {0: "rows", 1: "history"},
+                "memory_mask": {0: "rows", 1: "history"},
                 "prefix": {0: "rows", 1: "prefix_length"},
                 "logits": {0: "rows"},
             },
@@ -147,27 +149,30 @@ def export_bundle(inputs: BundleInputs, out: Path) -> Manifest:
         ),
     }
     cross_kv = CrossKVGraph(inputs.generator).eval()(memory).detach()  # (2, layers, 2, h, T, dh)
-    kv_axes = {0: "batch"}
     graphs["generator_cross_kv"] = export_graph(
         CrossKVGraph(inputs.generator),
         (memory,),
         out / "generator_cross_kv.onnx",
         ["memory"],
         ["cross_kv"],
-        {"memory": kv_axes, "cross_kv": kv_axes},
+        {"memory": history, "cross_kv": {0: "batch", 4: "history"}},
         meta,
     )
-    graphs["generator_step_cached"] = export_graph(
-        CachedStepGraph(inputs.generator),
-        (cross_kv, tokens > 0, sids[:2, :1]),
-        out / "generator_step_cached.onnx",
-        ["cross_kv", "memory_mask", "prefix"],
-        ["logits"],
+    gen = inputs.generator.config
+    past = torch.zeros(4, gen.n_decoder_layers, 2, 1, gen.d_model)  # (N, layers, 2, S, d): 2 beams each
+    graphs["generator_step_incremental"] = export_graph(
+        IncrementalStepGraph(inputs.generator),
+        (cross_kv, tokens > 0, sids[torch.arange(4) % n_items, :1], past),
+        out / "generator_step_incremental.onnx",
+        ["cross_kv", "memory_mask", "prefix", "past"],
+        ["logits", "present"],
         {
-            "cross_kv": {0: "rows"},
-            "memory_mask": {0: "rows"},
+            "cross_kv": {0: "batch", 4: "history"},
+            "memory_mask": history,
             "prefix": {0: "rows", 1: "prefix_length"},
+            "past": {0: "rows", 3: "prefix_length"},
             "logits": {0: "rows"},
+            "present": {0: "rows", 3: "prefix_length_plus_1"},
         },
         meta,
     )

@@ -1,15 +1,22 @@
-"""A faster twin of ``SidrecGenerator.step`` for serving: cross-attention keys/values computed once.
+"""The serving fast path of ``SidrecGenerator.step``: incremental decoding with two caches.
 
-Why: in ``step`` every one of the ``batch × beam`` rows re-projects the whole history memory
-``(T, d) -> (T, 2d)`` in each decoder layer at each ID level, although all beams of a request share
-the same memory. On the Beauty model that projection is most of the step's arithmetic. Here
-``CrossKVGraph`` projects each request's memory once (after the encoder), and ``CachedStepGraph``
-takes those keys/values (repeated per beam, a copy instead of a matmul) in place of the memory.
+Why: ``step`` recomputes, for every one of the ``batch × beam`` rows at every ID level, (1) the
+cross-attention keys/values of the whole history memory (``(T, d) -> (T, 2d)`` per decoder layer),
+although all beams of a request share the memory, and (2) every earlier position of the prefix,
+although only the newest one is new. Here
+
+* ``CrossKVGraph`` projects each request's memory once (after the encoder): ``cross_kv``;
+* ``IncrementalStepGraph`` runs only the newest position of each beam. Its self-attention reads the
+  earlier positions' keys/values from ``past`` (returned as ``present`` one level longer; the caller
+  reorders it by each beam's parent, as HF ``generate`` reorders ``past_key_values``), and its
+  cross-attention reads ``cross_kv`` once per *request*: the beams of a request are consecutive rows,
+  so their queries are grouped into one ``(W, dh) @ (dh, T)`` product per request and head instead of
+  ``W`` copies of the keys.
 
 This re-states the decoder's forward pass with the model's own modules and weights, so it must follow
-``training.generator.model``; ``tests/training/export/test_export.py`` holds it to ``step`` within
-the same tolerance as the ONNX graphs, and ``export_bundle`` only ships it next to the reference
-``generator_step.onnx``.
+``training.generator.model``; ``tests/training/export/test_export.py`` holds it to ``step`` (every
+prefix length, reordered beams) within the same tolerance as the ONNX graphs, and ``export_bundle``
+only ships it next to the reference ``generator_step.onnx``.
 """
 
 from __future__ import annotations
@@ -22,26 +29,35 @@ from torch import Tensor, nn
 
 from training.generator.model import MASKED, Attention, Block, SidrecGenerator
 
-__all__ = ["CachedStepGraph", "CrossKVGraph"]
-
-
-def _bias(allowed: Tensor) -> Tensor:
-    """Bool (…, Tq, Tk) -> additive (…, 1, Tq, Tk), as the model's attention bias."""
-    zeros = torch.zeros((), dtype=torch.float32, device=allowed.device)
-    return torch.where(allowed, zeros, torch.full_like(zeros, MASKED)).unsqueeze(-3)
+__all__ = ["CrossKVGraph", "IncrementalStepGraph"]
 
 
 def _blocks(generator: SidrecGenerator) -> list[Block]:
     return cast(list[Block], list(generator.decoder))
 
 
-def _cross_attention(attention: Attention, query: Tensor, kv: Tensor, bias: Tensor) -> Tensor:
-    """``Attention.forward`` with precomputed ``kv`` (N, 2, h, T, dh): query (N, Tq, d) -> (N, Tq, d)."""
-    n, tq, d = query.shape
+def _prefix_attention(attention: Attention, query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """Self-attention of the newest position over all positions so far (no mask needed: the newest
+    position sees every earlier one): query (N, 1, d), keys/values (N, S+1, d) -> (N, 1, d).
+
+    Elementwise products and sums instead of ``N × h`` tiny matrix products (one query row each).
+    """
+    n, positions, d = keys.shape
     h = attention.n_heads
-    q = attention.q(query).view(n, tq, h, d // h).transpose(1, 2)  # (N, h, Tq, dh)
-    scores = q @ kv[:, 0].transpose(-1, -2) / math.sqrt(d // h) + bias  # (N, h, Tq, T)
-    return attention.out((scores.softmax(-1) @ kv[:, 1]).transpose(1, 2).reshape(n, tq, d))
+    q = attention.q(query).view(n, 1, h, d // h)  # (N, 1, h, dh)
+    scores = (q * keys.view(n, positions, h, d // h)).sum(-1) / math.sqrt(d // h)  # (N, S+1, h)
+    weights = scores.softmax(1).unsqueeze(-1)  # (N, S+1, h, 1)
+    return attention.out((weights * values.view(n, positions, h, d // h)).sum(1).reshape(n, 1, d))
+
+
+def _grouped_cross_attention(attention: Attention, query: Tensor, kv: Tensor, bias: Tensor) -> Tensor:
+    """Cross-attention with each request's precomputed ``kv`` (B, 2, h, T, dh) shared by its beams:
+    query (N, 1, d) with N = B × W, request-major -> (N, 1, d). ``bias`` (B, 1, 1, T)."""
+    n, _, d = query.shape
+    b, h = kv.shape[0], attention.n_heads
+    q = attention.q(query).view(b, -1, h, d // h).transpose(1, 2)  # (B, h, W, dh)
+    scores = q @ kv[:, 0].transpose(-1, -2) / math.sqrt(d // h) + bias  # (B, h, W, T)
+    return attention.out((scores.softmax(-1) @ kv[:, 1]).transpose(1, 2).reshape(n, 1, d))
 
 
 class CrossKVGraph(nn.Module):
@@ -63,30 +79,43 @@ class CrossKVGraph(nn.Module):
         return torch.stack(layers, dim=1)
 
 
-class CachedStepGraph(nn.Module):
-    """cross_kv (N, layers, 2, h, T, dh), mask (N, T), prefix (N, S) -> logits (N, K), as ``step``."""
+class IncrementalStepGraph(nn.Module):
+    """``step`` for the newest position only, over ``N = B × W`` beams (rows request-major).
+
+    cross_kv (B, layers, 2, h, T, dh), memory_mask (B, T) bool, prefix (N, S), past (N, layers, 2, S, d)
+    (self-attention keys/values of positions ``0..S-1`` of each beam's own prefix; ``S = 0``: empty)
+    -> logits (N, K) equal to ``step(memory, memory_mask, prefix)`` with the memory repeated per beam,
+    and present (N, layers, 2, S+1, d).
+    """
 
     def __init__(self, generator: SidrecGenerator) -> None:
         super().__init__()
         self.generator = generator
 
-    def forward(self, cross_kv: Tensor, memory_mask: Tensor, prefix: Tensor) -> Tensor:
+    def forward(
+        self, cross_kv: Tensor, memory_mask: Tensor, prefix: Tensor, past: Tensor
+    ) -> tuple[Tensor, Tensor]:
         g = self.generator
         n, s = prefix.shape
-        k = g.config.codebook_size
-        bos = torch.full((n, 1), g.config.id_length * k, dtype=prefix.dtype, device=prefix.device)
-        tokens = torch.cat([bos, prefix + g.code_offsets[:s]], 1)  # (N, S+1)
-        x = g.code_emb(tokens) + g.level_pos.weight[: s + 1]  # (N, S+1, d)
-        causal = torch.ones(s + 1, s + 1, dtype=torch.bool, device=prefix.device).tril()
-        self_bias = _bias(causal).unsqueeze(0)  # (1, 1, S+1, S+1)
-        memory_bias = _bias(memory_mask.unsqueeze(1))  # (N, 1, 1, T)
+        d = g.config.d_model
+        bos = torch.full((n, 1), g.config.id_length * g.config.codebook_size, dtype=prefix.dtype)
+        newest = torch.cat([bos, prefix + g.code_offsets[:s]], 1)[:, s:]  # (N, 1): BOS or code S-1
+        x = g.code_emb(newest) + g.level_pos.weight[s : s + 1]  # (N, 1, d)
+        zero = torch.zeros((), dtype=torch.float32)
+        memory_bias = torch.where(memory_mask, zero, torch.full_like(zero, MASKED))[
+            :, None, None
+        ]  # (B,1,1,T)
+        present = []
         for layer, block in enumerate(_blocks(g)):
             assert block.cross is not None and block.ln_cross is not None
             h = block.ln1(x)
-            x = x + block.attn(h, h, self_bias)
-            x = x + _cross_attention(block.cross, block.ln_cross(x), cross_kv[:, layer], memory_bias)
+            new = block.attn.kv(h)  # (N, 1, 2d): this position's key | value
+            keys = torch.cat([past[:, layer, 0], new[..., :d]], 1)  # (N, S+1, d)
+            values = torch.cat([past[:, layer, 1], new[..., d:]], 1)  # (N, S+1, d)
+            present.append(torch.stack([keys, values], 1))  # (N, 2, S+1, d)
+            x = x + _prefix_attention(block.attn, h, keys, values)
+            x = x + _grouped_cross_attention(block.cross, block.ln_cross(x), cross_kv[:, layer], memory_bias)
             x = x + block.ff(block.ln2(x))
-        hidden = g.decoder_ln(x)[:, s:]  # (N, 1, d)
-        return (
-            torch.einsum("njd,jdk->njk", hidden, g.head_weight[s : s + 1]) + g.head_bias[s : s + 1]
-        ).squeeze(1)
+        hidden = g.decoder_ln(x)  # (N, 1, d)
+        logits = (hidden @ g.head_weight[s : s + 1] + g.head_bias[s : s + 1]).squeeze(1)  # (N, K)
+        return logits, torch.stack(present, 1)

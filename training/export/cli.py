@@ -4,8 +4,8 @@
 
 RUN is a generator run folder (``python -m training generator --out RUN``); its ``run.json`` says
 where the prepared data and the tokenizer run are (override with --data / --ids). The bundle holds
-tokenizer.onnx, tag_heads.onnx, generator_encoder.onnx, generator_step.onnx, the K/V fast path
-(generator_cross_kv.onnx, generator_step_cached.onnx), sids.npy, prefix_index.npz, tags.json,
+tokenizer.onnx, tag_heads.onnx, generator_encoder.onnx, generator_step.onnx, the incremental fast
+path (generator_cross_kv.onnx, generator_step_incremental.onnx), sids.npy, prefix_index.npz, tags.json,
 catalogue.jsonl and manifest.json (schema: service/manifest.py).
 
 After writing, the bundle is loaded exactly as the service loads it (checksums, graph inputs and
@@ -68,7 +68,7 @@ def parity(
     bundle: Path, generator: torch.nn.Module, dataset: Dataset, sids: np.ndarray, n: int = 64
 ) -> float:
     """Largest |ONNX - torch| logit over every ID level on ``n`` test histories, loaded as served, for
-    both decoding paths (reference step graph and cross-attention K/V graphs)."""
+    both decoding paths (reference step graph and incremental graphs)."""
     from service.bundle import load_bundle
     from service.recommender import Recommender
 
@@ -76,23 +76,26 @@ def parity(
     recommender = Recommender(loaded)
     split = dataset.split()
     histories = [split.test_history[u].tolist() for u in range(min(n, dataset.n_users))]
-    memory, mask = recommender.encode(histories, sids)  # (B, T, d), (B, T)
-    tokens = torch.zeros(mask.shape, dtype=torch.long)  # (B, T)
+    memory, mask = recommender.encode(histories, sids)  # (B, T_b, d), (B, T_b): padded to the longest
+    t = recommender.history_length
+    tokens = torch.zeros((len(histories), t), dtype=torch.long)  # (B, T)
     for row, history in enumerate(histories):
-        recent = history[-mask.shape[1] :]
-        tokens[row, mask.shape[1] - len(recent) :] = torch.tensor(recent) + 1
+        recent = history[-t:]
+        tokens[row, t - len(recent) :] = torch.tensor(recent) + 1
     codes = torch.from_numpy(sids)[(tokens - 1).clamp(min=0)]  # (B, T, D)
     codes[tokens == 0] = 0
     worst = 0.0
     with torch.no_grad():
         ref_memory = generator.encode(tokens, codes)  # type: ignore[operator]
-        worst = float(np.abs(memory - ref_memory.numpy()).max())
+        real = np.abs(memory - ref_memory.numpy()[:, t - memory.shape[1] :])[mask]  # (real positions, d)
+        worst = float(real.max())
         for path in (recommender, Recommender(loaded, kv_cache=False)):
-            state = path.decoder_input(memory)
+            decoder = path.decoder(memory, mask)  # one beam per history, continuing itself
             for level in range(sids.shape[1]):
                 prefix = sids[np.arange(len(histories)) % len(sids), :level]  # (B, S)
                 expected = generator.step(ref_memory, tokens > 0, torch.from_numpy(prefix)).numpy()  # type: ignore[operator]
-                worst = max(worst, float(np.abs(path.step(state, mask, prefix) - expected).max()))
+                got = decoder.step(prefix[:, None], np.zeros((len(histories), 1), dtype=np.int64))[:, 0]
+                worst = max(worst, float(np.abs(got - expected).max()))
     return worst
 
 

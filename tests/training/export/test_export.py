@@ -22,6 +22,7 @@ import torch
 
 from service.bundle import load_bundle
 from service.errors import BundleError
+from service.manifest import SCHEMA_VERSION
 from service.recommender import Query, Recommender
 from tests.training.export.tiny_run import HISTORY, TinyRun
 from training.generator.beam import PrefixTrie, constrained_beam_search
@@ -30,9 +31,9 @@ ATOL = 1e-4
 CPU = ["CPUExecutionProvider"]
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["kv-cache", "reference-step"])
+@pytest.fixture(scope="module", params=[True, False], ids=["incremental", "reference-step"])
 def recommender(tiny_run: TinyRun, request: pytest.FixtureRequest) -> Recommender:
-    """Both decoding paths: the cross-attention K/V graphs and the reference step graph."""
+    """Both decoding paths: the incremental (K/V-cached) graphs and the reference step graph."""
     return Recommender(load_bundle(tiny_run.bundle, CPU, threads=1), kv_cache=request.param)
 
 
@@ -62,24 +63,39 @@ def test_manifest_and_graphs_verify(tiny_run: TinyRun) -> None:
         "generator_encoder": 2,
         "generator_step": 3,
         "generator_cross_kv": 1,
-        "generator_step_cached": 3,
+        "generator_step_incremental": 4,
     }
+    assert bundle.manifest.schema_version == SCHEMA_VERSION and bundle.manifest.has_kv_cache
     np.testing.assert_array_equal(bundle.sids, tiny_run.sids)
 
 
 def test_encoder_and_step_match_torch(tiny_run: TinyRun, recommender: Recommender) -> None:
-    batch = histories(tiny_run, 16)
-    memory, mask = recommender.encode(batch, tiny_run.sids)
-    ref_memory, ref_mask = torch_memory(tiny_run, batch)
-    np.testing.assert_allclose(memory, ref_memory.numpy(), atol=ATOL)
+    """The grouped encoder (real positions; padding is masked) and every decoding level (the empty
+    prefix too) with several beams per request that continue *shuffled* parents, so an incremental
+    decoder that fed a beam another beam's cache would fail."""
+    batch, width = [*histories(tiny_run, 40), []], 3  # lengths 1..T and an empty history
+    memory, mask = recommender.encode(batch, tiny_run.sids)  # grouped by length, (B, T_b, d)
+    ref_memory, ref_mask = torch_memory(tiny_run, batch)  # (B, T, d), every history padded to T
+    assert memory.shape[1] == HISTORY  # the empty history keeps every position
+    np.testing.assert_allclose(memory[mask], ref_memory.numpy()[ref_mask.numpy()], atol=ATOL)
     np.testing.assert_array_equal(mask, ref_mask.numpy())
+    np.testing.assert_allclose(memory[-1], ref_memory[-1].numpy(), atol=ATOL)  # all padding, but read
     rng = np.random.default_rng(0)
-    state = recommender.decoder_input(memory)  # the memory, or its cross-attention K/V
-    for s in range(tiny_run.sids.shape[1]):  # every prefix length, including the empty prefix
-        prefix = tiny_run.sids[rng.integers(0, len(tiny_run.sids), 16), :s]  # (N, S)
+    decoder = recommender.decoder(memory, mask)
+    prefix = np.zeros((len(batch), 1, 0), dtype=np.int64)  # (B, W, S)
+    parent = np.zeros((len(batch), 1), dtype=np.int64)  # (B, W)
+    for s in range(tiny_run.sids.shape[1]):
         with torch.no_grad():
-            expected = tiny_run.generator.step(ref_memory, ref_mask, torch.from_numpy(prefix)).numpy()
-        np.testing.assert_allclose(recommender.step(state, mask, prefix), expected, atol=ATOL)
+            expected = tiny_run.generator.step(
+                ref_memory.repeat_interleave(prefix.shape[1], 0),
+                ref_mask.repeat_interleave(prefix.shape[1], 0),
+                torch.from_numpy(prefix.reshape(len(batch) * prefix.shape[1], s)),
+            ).numpy()  # (N, K)
+        got = decoder.step(prefix, parent)  # (B, W, K)
+        np.testing.assert_allclose(got.reshape(expected.shape), expected, atol=ATOL)
+        parent = rng.integers(0, prefix.shape[1], size=(len(batch), width))  # (B, W)
+        codes = rng.integers(0, recommender.codebook_size, size=(len(batch), width, 1))
+        prefix = np.concatenate([np.take_along_axis(prefix, parent[:, :, None], axis=1), codes], axis=2)
 
 
 def test_tokenizer_graphs_match_torch(tiny_run: TinyRun, recommender: Recommender) -> None:
@@ -98,7 +114,8 @@ def test_tokenizer_graphs_match_torch(tiny_run: TinyRun, recommender: Recommende
 def test_service_beam_search_equals_torch_reference(
     tiny_run: TinyRun, recommender: Recommender, exclude_seen: bool
 ) -> None:
-    batch = histories(tiny_run, 240)
+    batch = histories(tiny_run, 240)  # encoded in groups of similar length
+    batch[7] = []  # a user without history: decoded from an all-padding memory
     beam, k = 10, 5
     queries = [Query(history=h, k=k, beam=beam, exclude_seen=exclude_seen, explain=False) for h in batch]
     served = recommender.recommend(queries)
@@ -132,4 +149,28 @@ def test_tampered_bundle_is_refused(tiny_run: TinyRun, tmp_path) -> None:
     shutil.copy(tiny_run.bundle / "sids.npy", copy / "sids.npy")
     (copy / "tags.json").unlink()
     with pytest.raises(BundleError, match=r"tags\.json: missing"):
+        load_bundle(copy, CPU)
+
+
+def test_version_1_bundle_is_served_by_the_reference_step(tiny_run: TinyRun, tmp_path) -> None:
+    """A bundle exported before the incremental fast path (schema 1: ``generator_step_cached``, a fixed
+    history axis) still loads; it decodes with the reference step graph and full padding, and gives
+    the same answers. A schema-2 manifest naming the old graph is refused."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_run.bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["schema_version"] = 1
+    manifest["graphs"]["generator_step_cached"] = manifest["graphs"].pop("generator_step_incremental")
+    manifest["graphs"]["generator_encoder"]["inputs"][0]["shape"][1] = HISTORY
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    old = Recommender(load_bundle(copy, CPU, threads=1))
+    assert not old.kv_cache and not old.trim_history
+    queries = [Query(history=h, k=5, beam=10) for h in histories(tiny_run, 32)]
+    current = Recommender(load_bundle(tiny_run.bundle, CPU, threads=1))
+    assert [[h.item for h in r] for r in old.recommend(queries)] == [
+        [h.item for h in r] for r in current.recommend(queries)
+    ]
+    manifest["schema_version"] = SCHEMA_VERSION
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="unknown entries"):
         load_bundle(copy, CPU)
