@@ -28,7 +28,15 @@ from training.tokenizer.metrics import (
 )
 from training.tokenizer.model import HiDVAE, HiDVAEConfig
 
-__all__ = ["TokenizerConfig", "TrainConfig", "TrainedTokenizer", "check_inputs", "evaluate", "train"]
+__all__ = [
+    "TokenizerConfig",
+    "TrainConfig",
+    "TrainedTokenizer",
+    "check_inputs",
+    "evaluate",
+    "held_out_items",
+    "train",
+]
 
 
 @dataclass
@@ -167,6 +175,17 @@ def selection_score(metrics: dict[str, Any]) -> float:
     return float(np.mean(accuracy) if accuracy else 0.0) - float(metrics["collision_rate"])
 
 
+def held_out_items(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Bool mask (n,) of the validation items whose tags training never sees (at least one).
+
+    Drawn first from the run's seeded generator, so ``benchmarks/text_probe.py`` can rebuild the very
+    split a tokenizer run used.
+    """
+    valid = np.zeros(n, dtype=bool)
+    valid[rng.permutation(n)[: max(1, round(fraction * n))]] = True
+    return valid
+
+
 def train(
     embeddings: np.ndarray,
     tags: np.ndarray,
@@ -187,8 +206,7 @@ def train(
     n = embeddings.shape[0]
     started = time.perf_counter()
 
-    valid = np.zeros(n, dtype=bool)
-    valid[rng.permutation(n)[: max(1, round(cfg.valid_fraction * n))]] = True
+    valid = held_out_items(n, cfg.valid_fraction, rng)
     train_tags = torch.from_numpy(np.where(valid[:, None], 0, tags)).long()  # (N, n_tag_levels)
     x = torch.from_numpy(embeddings).float()  # (N, E)
 

@@ -136,3 +136,22 @@ def test_more_code_levels_than_tag_levels_is_refused_in_hidvae_only() -> None:
 
 def test_committed_default_config_is_the_dataclass_default() -> None:
     assert load_config(TokenizerConfig, REPO / "configs" / "tokenizer" / "default.toml") == TokenizerConfig()
+
+
+def test_text_probe_benchmark_rebuilds_the_runs_split(run: tuple[Path, Path], tmp_path: Path) -> None:
+    """benchmarks/text_probe.py scores the same held-out items as the run: same probe, same figures."""
+    from benchmarks.text_probe import main as probe_main
+
+    data, out = run
+    config = load_config(TokenizerConfig, out / "config.toml")
+    encoder, split = config.encoder, config.train
+    report_path = tmp_path / "probe.json"
+    assert probe_main(["--data", str(data), "--encoder", encoder, "--encoder", "tfidf-svd:16",
+                       "--valid-fraction", str(split.valid_fraction), "--seed", str(split.seed),
+                       "--out", str(report_path)]) == 0  # fmt: skip
+    report = json.loads(report_path.read_text())
+    names = [row["encoder"] for row in report["probes"]]
+    assert names == [encoder, "tfidf-svd:16", f"{encoder} + tfidf-svd:16"]
+    run_probe = json.loads((out / "metrics.json").read_text())["tag_accuracy_text_probe"]
+    assert report["probes"][0]["tag_accuracy"] == pytest.approx(run_probe, abs=1e-4)
+    assert report["command"].startswith("python -m benchmarks.text_probe --data")
