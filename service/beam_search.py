@@ -15,6 +15,7 @@ gives every request exactly the answer it would get alone.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,17 +48,20 @@ def top_candidates(candidates: np.ndarray, keep: int) -> np.ndarray:
 
     Exactly ``np.argsort(-candidates, kind="stable")[:, :keep]`` (the contract's order), but linear in
     the row length: a partition finds each row's ``keep``-th score, everything above it is taken, the
-    ties at it are taken lowest index first, and only those ``keep`` survivors are sorted. At batch 64
+    ties at it are taken lowest index first (a cumulative count, only when ties straddle the cut), and
+    only those ``keep`` survivors are sorted. At batch 64
     × beam 20 × K 256 a full stable sort of every row costs several times the partition.
     """
     batch, width = candidates.shape
     if keep >= width:
         return np.argsort(-candidates, axis=1, kind="stable")
     threshold = -np.partition(-candidates, keep - 1, axis=1)[:, keep - 1 : keep]  # (B, 1) keep-th best
-    above = candidates > threshold  # (B, C)
-    tied = candidates == threshold
-    room = keep - above.sum(axis=1, keepdims=True)  # (B, 1) ties still to take, >= 1
-    chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))  # exactly ``keep`` per row
+    chosen = candidates >= threshold  # (B, C): the ``keep`` best and any further ties at the threshold
+    if (chosen.sum(axis=1) > keep).any():  # ties straddle the cut (e.g. -inf): lowest index first
+        above = candidates > threshold
+        tied = candidates == threshold
+        room = keep - above.sum(axis=1, keepdims=True)  # (B, 1) ties still to take, >= 1
+        chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))  # exactly ``keep`` per row
     columns = np.nonzero(chosen)[1].reshape(batch, keep)  # ascending per row
     values = np.take_along_axis(candidates, columns, axis=1)
     return np.take_along_axis(columns, np.argsort(-values, axis=1, kind="stable"), axis=1)
@@ -116,12 +120,13 @@ class ConstrainedBeamSearch:
             prefix = np.concatenate(
                 [np.take_along_axis(prefix, parent[:, :, None], axis=1), code[:, :, None]], axis=2
             )
-        items = self.index.items_of_leaves(states)  # (B, W)
+        items = self.index.items_of_leaves(states).tolist()  # (B, W) as Python ints, converted once
+        totals, ids = scores.tolist(), prefix.tolist()
         return [
             [
-                BeamHit(int(items[b, j]), float(scores[b, j]), tuple(int(c) for c in prefix[b, j]))
+                BeamHit(items[b][j], totals[b][j], tuple(ids[b][j]))
                 for j in range(min(int(ks[b]), scores.shape[1]))
-                if np.isfinite(scores[b, j])
+                if totals[b][j] != -math.inf  # dropped beams; scores are never NaN or +inf
             ]
             for b in range(batch)
         ]

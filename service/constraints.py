@@ -88,9 +88,12 @@ class ExcludeItems:
     def __call__(self, scores: np.ndarray, context: StepContext) -> np.ndarray:
         if context.depth != self._index.id_length:
             return scores
-        items = self._index.items_of_leaves(np.maximum(context.children, 0))  # (N, K)
-        banned = self._excluded[context.request[:, None], items] & (context.children >= 0)
-        return np.where(banned, -np.inf, scores).astype(scores.dtype, copy=False)
+        rows, codes = np.nonzero(context.children >= 0)  # (M,) each: the few real leaves, not all N × K
+        items = self._index.items_of_leaves(context.children[rows, codes])  # (M,)
+        banned = self._excluded[context.request[rows], items]  # (M,)
+        out = scores.copy()
+        out[rows[banned], codes[banned]] = -np.inf
+        return out
 
 
 def apply_processors(scores: np.ndarray, context: StepContext, processors: list[Processor]) -> np.ndarray:

@@ -102,6 +102,8 @@ class Recommender:
             bundle.sids, spec.codebook_size, bundle.catalogue.category_paths
         )
         self.max_filter_depth = bundle.manifest.decoding.max_tag_filter_depth
+        # what an explanation shows per level: the last component of the class's path
+        self._tag_names = [[name.split(" > ")[-1] for name in level] for level in bundle.tag_levels]
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------ graph calls
@@ -161,13 +163,9 @@ class Recommender:
         if codes.shape[0] == 0 or self.bundle.manifest.n_tag_levels == 0:
             return [[] for _ in range(codes.shape[0])]
         probs = self.bundle.sessions["tag_heads"].run(None, {"codes": codes[:, : self.levels]})
-        names = self.bundle.tag_levels
-        best = [(p.argmax(axis=1), p.max(axis=1)) for p in probs]  # per level: (N,), (N,)
+        best = [(p.argmax(axis=1).tolist(), p.max(axis=1).tolist()) for p in probs]  # per level: (N,) each
         return [
-            [
-                TagScore(names[lvl][int(ids[n])].split(" > ")[-1], float(conf[n]))
-                for lvl, (ids, conf) in enumerate(best)
-            ]
+            [TagScore(self._tag_names[lvl][ids[n]], conf[n]) for lvl, (ids, conf) in enumerate(best)]
             for n in range(codes.shape[0])
         ]
 

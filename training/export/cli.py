@@ -168,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\nbundle {manifest.bundle_id} -> {args.out}  ({seconds:.1f} s, ONNX vs torch |diff| <= {drift:.1e})"
     )
-    print(f"{'file':<26}{'bytes':>12}  sha256")
+    print(f"{'file':<34}{'bytes':>12}  sha256")
     for spec in manifest.files().values():
-        print(f"{spec.file:<26}{(args.out / spec.file).stat().st_size:>12,}  {spec.sha256[:16]}")
+        print(f"{spec.file:<34}{(args.out / spec.file).stat().st_size:>12,}  {spec.sha256[:16]}")
     print(f"\nserve it:  python -m service --bundle {args.out}")
     return 0
