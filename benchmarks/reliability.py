@@ -75,7 +75,10 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     client = redis.Redis(port=port, socket_connect_timeout=0.2)
     for _ in range(100):
         with contextlib.suppress(redis.ConnectionError):
-            client.ping()
+            # the port was free when chosen; another process's server may have taken it since
+            if client.info("server")["process_id"] != process.pid:
+                stop(process)
+                raise RuntimeError(f"port {port} is taken by another redis-server")
             return process
         time.sleep(0.05)
     raise RuntimeError(f"redis-server did not start on port {port}")

@@ -7,12 +7,10 @@ future: a batch that fails is retried one request at a time so each caller gets 
 its own error. A full queue refuses at once (``Overloaded`` -> 429 + Retry-After) instead of letting
 latency grow without bound for everyone already admitted.
 
-Admission also looks at time, not only at the queue length: the batcher keeps a moving average of
-the model time per request, and a request whose estimated queue wait (depth × that time) exceeds
-``max_queue_delay_ms`` or its own remaining deadline is refused at once, since it could only be
-answered late. Every job carries a deadline; a job whose deadline has passed while it queued is
-dropped before it reaches the model (``DeadlineExceeded`` -> 503, ``sidrec_expired_total``), so
-work nobody waits for any more never delays the requests behind it.
+How long a request may wait is decided before it gets here (``service.admission``, which sees the
+whole service, not only this queue). Every job carries a deadline; a job whose deadline has passed
+while it queued is dropped before it reaches the model (``DeadlineExceeded`` -> 503,
+``sidrec_expired_total``), so work nobody waits for any more never delays the requests behind it.
 
 Each job also carries the ``Recommender`` its ids were resolved against; a batch only groups jobs of
 the same one, so after ``/admin/reload`` queued requests still finish on the bundle they started on.
@@ -49,16 +47,12 @@ class MicroBatcher:
         max_wait_ms: float,
         queue_size: int,
         metrics: ServiceMetrics,
-        max_queue_delay_ms: float = 0.0,
     ) -> None:
-        """``max_queue_delay_ms``: refuse when the estimated queue wait is longer (0 = queue size only)."""
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
-        self.max_queue_delay_s = max_queue_delay_ms / 1000
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
-        self._per_request_s = 0.0  # moving average of model seconds per request in a batch
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sidrec-batcher")
@@ -77,21 +71,13 @@ class MicroBatcher:
     def depth(self) -> int:
         return self._queue.qsize()
 
-    @property
-    def estimated_wait_s(self) -> float:
-        """How long a request joining the queue now would wait for the model (moving average)."""
-        return self._queue.qsize() * self._per_request_s
-
     async def submit(
         self, recommender: Recommender, query: Query, deadline: float = math.inf
     ) -> list[Recommendation]:
         """Queue a query that must be answered by ``deadline`` (``time.perf_counter()``), or refuse it."""
-        wait = self.estimated_wait_s
-        too_slow = wait > deadline - time.perf_counter() or 0 < self.max_queue_delay_s < wait
-        if too_slow or self._queue.full():
+        if self._queue.full():
             self._metrics.rejected.inc()
-            reason = f"{self._queue.qsize()} waiting, about {wait * 1000:.0f} ms of work"
-            raise Overloaded(f"request queue is full ({reason}); retry shortly")
+            raise Overloaded(f"request queue is full ({self._queue.qsize()} waiting); retry shortly")
         job = _Job(recommender, query, asyncio.get_running_loop().create_future(), deadline)
         self._queue.put_nowait(job)
         return await job.future
@@ -152,10 +138,6 @@ class MicroBatcher:
             for job in live:
                 _fail(job, exc)
             return
-        per_request = (time.perf_counter() - started) / len(live)
-        self._per_request_s = (
-            per_request if not self._per_request_s else 0.8 * self._per_request_s + 0.2 * per_request
-        )
         for job, result in zip(live, results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)

@@ -110,6 +110,7 @@ async def readyz(state: State) -> JSONResponse:
         "store": store,
         "bundle_id": state.bundle.bundle_id,
         "queue": state.batcher.depth,
+        "in_service": state.admission.in_service,
     }
     return JSONResponse(body)
 
@@ -139,6 +140,7 @@ async def model_info(state: State) -> dict[str, Any]:
             "max_batch_size": state.settings.max_batch_size,
             "max_wait_ms": state.settings.max_wait_ms,
             "queue_size": state.settings.queue_size,
+            "max_queue_delay_ms": state.settings.max_queue_delay_ms,
         },
         "store": state.store.state,
         "metrics": _without_paths(manifest.metrics),

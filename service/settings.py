@@ -43,7 +43,12 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill up")
     queue_size: int = Field(256, ge=1, le=100_000, description="queued requests before 429")
     max_queue_delay_ms: float = Field(
-        0.0, ge=0, le=60_000, description="429 when the estimated queue wait is longer; 0 = queue size only"
+        0.0,
+        ge=0,
+        le=60_000,
+        description="429 when a request's expected wait behind the requests already in the service "
+        "(in service × the time each request ahead has recently added) is longer; 0 = only the queue "
+        "size and the deadline (see service/admission.py)",
     )
     request_timeout_ms: float = Field(
         2000.0,

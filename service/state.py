@@ -7,6 +7,7 @@ Routes stay thin: they parse, call one method here, and return. Everything here 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.admission import AdmissionControl
 from service.batcher import MicroBatcher
 from service.bundle import LoadedBundle, cpu_limit, load_bundle
 from service.errors import BundleError, InvalidRequest, UnknownItem
@@ -41,12 +43,27 @@ def _tags(scores: list[TagScore]) -> list[TagOut]:
     return [TagOut(tag=t.tag, confidence=t.confidence) for t in scores]
 
 
+def _freeze_heap() -> None:
+    """Collect, then put every object alive now out of the cyclic garbage collector's reach.
+
+    A loaded bundle is ~10^5 long-lived Python objects (catalogue rows, id maps, tag paths), and every
+    full collection walked them all: on the Beauty catalogue a stop of the whole process of ~50 ms,
+    falling on whichever requests were in flight, more often the higher the load. Frozen objects are
+    still freed by reference counting; unfreezing first lets this collection free the cycles of a
+    bundle that a reload replaced.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 @dataclass
 class ServiceState:
     settings: Settings
     recommender: Recommender
     store: Store
     batcher: MicroBatcher
+    admission: AdmissionControl
     metrics: ServiceMetrics
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -71,16 +88,12 @@ class ServiceState:
             settings,
             recommender,
             store,
-            MicroBatcher(
-                settings.max_batch_size,
-                settings.max_wait_ms,
-                settings.queue_size,
-                metrics,
-                settings.max_queue_delay_ms,
-            ),
+            MicroBatcher(settings.max_batch_size, settings.max_wait_ms, settings.queue_size, metrics),
+            AdmissionControl(settings.max_queue_delay_ms, settings.request_timeout_ms, metrics),
             metrics,
         )
         await state._attach(recommender)
+        _freeze_heap()
         state.batcher.start()
         log.info(
             "serving bundle %s on %s, store %s",
@@ -93,11 +106,21 @@ class ServiceState:
     async def close(self) -> None:
         await self.batcher.stop()
         await self.store.close()
+        gc.unfreeze()  # the bundle is no longer needed: let the collector have it
 
     @staticmethod
     def _load(settings: Settings, path: Path) -> Recommender:
+        """Load, verify and warm a bundle: one request of the default size runs through every graph
+        here, off the serving path, so a graph that cannot run is refused like any other bad bundle
+        and the first requests served do not pay for onnxruntime's first-run allocations."""
         bundle = load_bundle(path, settings.provider_list, settings.threads or cpu_limit())
-        return Recommender(bundle, kv_cache=settings.kv_cache)
+        recommender = Recommender(bundle, kv_cache=settings.kv_cache)
+        decoding = bundle.manifest.decoding
+        try:
+            recommender.recommend([Query(history=[0], k=min(decoding.k, decoding.beam), beam=decoding.beam)])
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise BundleError(f"{path}: a warm-up request failed ({exc})") from exc
+        return recommender
 
     async def _attach(self, recommender: Recommender) -> None:
         """Publish the bundle's tables and bring in the cold-start items other replicas registered."""
@@ -127,7 +150,9 @@ class ServiceState:
         return path
 
     async def reload(self, name: str | None) -> tuple[str, str]:
-        """Load and verify another bundle, then swap atomically; queued requests finish on the old one.
+        """Load, verify and warm another bundle, then swap atomically; queued requests finish on the
+        old one. While it loads, the old bundle serves on and admission applies only the deadline
+        (``AdmissionControl.reloading``): the pause is the service's own work, never a reason to refuse.
 
         A bundle that fails verification is refused with one log line naming the fault (with its full
         path, for the operator); the client gets the same reason without server paths, and the old
@@ -135,18 +160,21 @@ class ServiceState:
         """
         path = self.bundle_dir(name)
         async with self.reload_lock:
-            try:
-                fresh = await asyncio.to_thread(self._load, self.settings, path)
-            except BundleError as exc:
-                log.error("reload of %s refused, still serving %s: %s", path, self.bundle.bundle_id, exc)
-                reason = str(exc).replace(f"{path}/", "").replace(str(path), "the bundle directory")
-                raise BundleError(
-                    f"bundle: {path.name!r} refused ({reason}); still serving {self.bundle.bundle_id}"
-                ) from None
-            await self._attach(fresh)
-            previous, self.recommender = self.recommender, fresh
-        log.info("reloaded: %s -> %s", previous.bundle.bundle_id, fresh.bundle.bundle_id)
-        return previous.bundle.bundle_id, fresh.bundle.bundle_id
+            with self.admission.reloading():
+                try:
+                    fresh = await asyncio.to_thread(self._load, self.settings, path)
+                except BundleError as exc:
+                    log.error("reload of %s refused, still serving %s: %s", path, self.bundle.bundle_id, exc)
+                    reason = str(exc).replace(f"{path}/", "").replace(str(path), "the bundle directory")
+                    raise BundleError(
+                        f"bundle: {path.name!r} refused ({reason}); still serving {self.bundle.bundle_id}"
+                    ) from None
+                await self._attach(fresh)
+                previous, self.recommender = self.bundle.bundle_id, fresh
+            await self.admission.pause_over()  # no request holds the replaced bundle any more
+            _freeze_heap()
+        log.info("reloaded: %s -> %s", previous, fresh.bundle.bundle_id)
+        return previous, fresh.bundle.bundle_id
 
     @property
     def bundle(self) -> LoadedBundle:
@@ -207,6 +235,11 @@ class ServiceState:
         return RecommendResponse(bundle_id=recommender.bundle.bundle_id, items=items, history_used=used)
 
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        """Admit (or refuse at once), then answer from one bundle, even across a reload."""
+        with self.admission.admit():
+            return await self._recommend(request)
+
+    async def _recommend(self, request: RecommendRequest) -> RecommendResponse:
         deadline = time.perf_counter() + self.settings.request_timeout_ms / 1000
         recommender = self.recommender  # one bundle for the whole request, even across a reload
         query = await self._query(recommender, request)

@@ -1,0 +1,125 @@
+"""Admission control: refuse at once the requests that could only be answered late.
+
+How long a request takes is set by the work already in the service ahead of it, not only by the
+micro-batcher's queue: much of a request's time is spent in the history lookup and on the event
+loop, and the model queue stays short until the cores are saturated. So ``AdmissionControl`` counts
+every recommendation *in the service* (admitted and not yet answered) and learns, from the answered
+ones, two moving averages: how long a request takes with nobody ahead of it, and how much each
+request it was admitted behind added to that. The second is well below a request's own time while
+micro-batching answers concurrent requests together, and rises to the full cost of one as the
+service saturates. A new request's expected wait is ``in_service × that added time``; when it
+exceeds ``max_delay_ms`` (the latency budget, ``SIDREC_MAX_QUEUE_DELAY_MS``) or the deadline every
+request carries (``SIDREC_REQUEST_TIMEOUT_MS``), the request is refused before it costs anything
+(``Overloaded`` -> 429 + Retry-After, ``sidrec_rejected_total``), so the ones admitted keep a bounded
+latency.
+
+A bundle reload is the service's own work, not demand. While one runs, and until the requests that
+were in the service during it have been answered (the *reload pause*), the latency budget is not
+applied (the deadline, the queue bound and the dropping of expired work still are), and requests
+that overlapped the pause do not update the estimate: loading a bundle never turns into refused
+requests, and its pause is not mistaken for a slower service afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+
+from service.errors import Overloaded
+from service.metrics import ServiceMetrics
+
+__all__ = ["AdmissionControl"]
+
+_SMOOTHING = 0.05  # weight of each answered request in the moving averages
+_POLL_S = 0.005  # how often ``pause_over`` looks
+
+
+class AdmissionControl:
+    def __init__(
+        self,
+        max_delay_ms: float,
+        timeout_ms: float,
+        metrics: ServiceMetrics,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """``max_delay_ms``: refuse when the expected wait is longer (0 = only the deadline,
+        ``timeout_ms``); ``clock``: seconds, monotonic (a seam for tests)."""
+        self._clock = clock
+        self.max_delay_s = max_delay_ms / 1000 if max_delay_ms > 0 else math.inf
+        self.timeout_s = timeout_ms / 1000
+        self._metrics = metrics
+        self._in_service = 0
+        self._alone_s = 0.0  # moving average of a request's time with nobody ahead
+        self._per_ahead_s = 0.0  # moving average of the time each request ahead added to that
+        self._reloads = 0  # reloads in progress
+        self._epoch = 0  # changes when a reload starts and when it ends
+        self._in_epoch = 0  # requests in the service admitted in the current epoch
+
+    @property
+    def in_service(self) -> int:
+        """Requests admitted and not yet answered."""
+        return self._in_service
+
+    @property
+    def estimated_wait_s(self) -> float:
+        """How long a request admitted now would wait behind the ones already in the service."""
+        return self._in_service * self._per_ahead_s
+
+    @property
+    def reload_pause(self) -> bool:
+        """A reload runs, or requests that were in the service during one are not answered yet."""
+        return self._reloads > 0 or self._in_epoch < self._in_service
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Run one request inside, or raise ``Overloaded`` at once if it could only be answered late."""
+        ahead, wait, paused = self._in_service, self.estimated_wait_s, self.reload_pause
+        budget = self.timeout_s if paused else min(self.timeout_s, self.max_delay_s)
+        if wait > budget:
+            self._metrics.rejected.inc()
+            raise Overloaded(f"{ahead} requests ahead, about {wait * 1000:.0f} ms of work; retry shortly")
+        epoch, started = self._epoch, self._clock()
+        self._in_service += 1
+        self._in_epoch += 1
+        try:
+            yield
+        finally:
+            self._in_service -= 1
+            if epoch == self._epoch:
+                self._in_epoch -= 1
+        if not paused and epoch == self._epoch:  # only what the demand cost, never a reload
+            self._learn(ahead, self._clock() - started)
+
+    def _learn(self, ahead: int, seconds: float) -> None:
+        if not ahead:
+            self._alone_s = _average(self._alone_s, seconds)
+        elif self._alone_s:
+            self._per_ahead_s = _average(self._per_ahead_s, max(0.0, seconds - self._alone_s) / ahead)
+
+    @contextlib.contextmanager
+    def reloading(self) -> Iterator[None]:
+        """Mark a bundle reload: see the module docstring."""
+        self._reloads += 1
+        self._new_epoch()
+        try:
+            yield
+        finally:
+            self._reloads -= 1
+            self._new_epoch()
+
+    async def pause_over(self) -> None:
+        """Return once no reload runs and every request that overlapped one has been answered (each
+        is answered or dropped by its deadline, so this ends)."""
+        while self.reload_pause:
+            await asyncio.sleep(_POLL_S)
+
+    def _new_epoch(self) -> None:
+        self._epoch += 1
+        self._in_epoch = 0  # everyone in the service now overlapped a reload
+
+
+def _average(average: float, sample: float) -> float:
+    return sample if not average else (1 - _SMOOTHING) * average + _SMOOTHING * sample

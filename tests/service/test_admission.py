@@ -1,0 +1,166 @@
+"""Admission control: the latency budget refuses at once what could only be answered late, a reload
+never makes it refuse, and a loaded bundle stays out of the garbage collector's full collections.
+
+The controller's arithmetic is checked on a fake clock (no timed assertions); the service-level
+tests use the tiny real bundle, real ONNX and the real Redis, and order events with the event loop
+itself rather than with sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import shutil
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+
+from service.admission import AdmissionControl
+from service.errors import Overloaded
+from service.metrics import ServiceMetrics
+from service.schemas import RecommendRequest
+from service.state import ServiceState
+from tests.service.conftest import RedisTarget, settings_for
+from tests.training.export.tiny_run import TinyRun
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def taught(
+    max_delay_ms: float, timeout_ms: float = 2000.0, metrics: ServiceMetrics | None = None
+) -> tuple[AdmissionControl, FakeClock]:
+    """A controller that has seen a request take 10 ms alone and 40 ms behind one other (+30 ms)."""
+    clock = FakeClock()
+    control = AdmissionControl(max_delay_ms, timeout_ms, metrics or ServiceMetrics(), clock=clock)
+    with control.admit():
+        clock.now += 0.010
+    with control.admit(), control.admit():  # the inner one is admitted behind the outer one
+        clock.now += 0.040
+    return control, clock
+
+
+def hold(stack: contextlib.ExitStack, control: AdmissionControl, n: int) -> None:
+    for _ in range(n):
+        stack.enter_context(control.admit())
+
+
+def test_the_budget_refuses_at_once_and_admits_again_once_the_service_drains() -> None:
+    metrics = ServiceMetrics()
+    control, clock = taught(max_delay_ms=50, metrics=metrics)
+    with contextlib.ExitStack() as stack:
+        hold(stack, control, 1)
+        assert control.estimated_wait_s == pytest.approx(0.030)  # within the 50 ms budget: admitted
+        hold(stack, control, 1)
+        assert control.in_service == 2 and control.estimated_wait_s == pytest.approx(0.060)
+        with pytest.raises(Overloaded, match="2 requests ahead, about 60 ms"), control.admit():
+            pytest.fail("admitted past the budget")
+        assert control.in_service == 2, "a refused request never counts as in the service"
+        assert metrics.rejected._value.get() == 1
+        clock.now += 0.030
+    with control.admit():  # drained: admitted again
+        assert control.in_service == 1
+
+
+def test_without_a_budget_only_the_deadline_refuses() -> None:
+    control, _ = taught(max_delay_ms=0, timeout_ms=50)
+    with contextlib.ExitStack() as stack:
+        hold(stack, control, 1)  # 30 ms expected: within the deadline
+        with control.reloading():  # the deadline holds during a reload as well
+            hold(stack, control, 1)
+            with pytest.raises(Overloaded), control.admit():
+                pytest.fail("admitted past the deadline")
+
+
+def test_a_reload_pause_suspends_the_budget_and_teaches_nothing() -> None:
+    control, clock = taught(max_delay_ms=50)
+    with contextlib.ExitStack() as busy:
+        hold(busy, control, 2)  # 60 ms expected: over the budget
+        with pytest.raises(Overloaded), control.admit():
+            pass
+        with contextlib.ExitStack() as during:
+            with control.reloading():
+                assert control.reload_pause
+                hold(during, control, 3)  # admitted although 60, 90, 120 ms are expected
+                clock.now += 1.0  # the reload makes everything slow
+            assert control.reload_pause, "requests that overlapped the reload are still in the service"
+            hold(during, control, 1)  # so the budget is still suspended
+        assert control.reload_pause  # the two held from before the reload overlapped it too
+    assert not control.reload_pause
+    with contextlib.ExitStack() as after:
+        hold(after, control, 1)
+        assert control.estimated_wait_s == pytest.approx(0.030), "the slow reload taught nothing"
+        hold(after, control, 1)
+        with pytest.raises(Overloaded), control.admit():
+            pass
+
+
+@pytest.fixture
+def bundle_root(tiny_run: TinyRun, tmp_path: Path) -> Path:
+    root = tmp_path / "bundles"
+    shutil.copytree(tiny_run.bundle, root / "a")
+    return root
+
+
+def test_a_request_arriving_during_a_reload_is_served_where_the_budget_would_refuse(
+    bundle_root: Path, redis_target: RedisTarget
+) -> None:
+    settings = settings_for(
+        bundle_root / "a",
+        bundle_root=bundle_root,
+        max_queue_delay_ms=5,
+        redis_url=redis_target.url,
+        redis_key_prefix=redis_target.prefix,
+    )
+
+    async def run() -> None:
+        state = await ServiceState.open(settings, ServiceMetrics())
+        try:
+            control = state.admission
+            request = RecommendRequest(history=state.bundle.catalogue.item_ids[:3], k=3)
+            with control.admit():
+                pass
+            with control.admit(), control.admit():  # each request ahead adds at least 20 ms
+                time.sleep(0.02)
+            with contextlib.ExitStack() as held:
+                hold(held, control, 1)  # one request in the service: a new one expects >= 20 ms > 5 ms
+                with pytest.raises(Overloaded):
+                    await state.recommend(request)
+                reload = asyncio.create_task(state.reload("a"))
+                await asyncio.sleep(0)  # the reload starts and waits for its loader thread
+                assert control.reload_pause
+                served = await state.recommend(request)
+                assert served.bundle_id == state.bundle.bundle_id and len(served.items) == 3
+            await reload  # it returns once the requests that overlapped it are answered
+            with control.admit(), pytest.raises(Overloaded):  # the pause is over: the budget is back
+                await state.recommend(request)
+        finally:
+            await state.close()
+
+    asyncio.run(run())
+
+
+def test_the_bundle_is_frozen_out_of_full_collections_and_a_replaced_one_is_freed(
+    bundle_root: Path,
+) -> None:
+    async def run() -> None:
+        settings = settings_for(bundle_root / "a", bundle_root=bundle_root)
+        state = await ServiceState.open(settings, ServiceMetrics())
+        try:
+            assert gc.get_freeze_count() > 0
+            replaced = weakref.ref(state.recommender)
+            await state.reload("a")
+            assert replaced() is None, "a replaced bundle must be freed once no request holds it"
+        finally:
+            await state.close()
+        assert gc.get_freeze_count() == 0
+
+    asyncio.run(run())
