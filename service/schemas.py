@@ -145,7 +145,7 @@ class EventsRequest(_Request):
     user_id: ItemId
     item_id: ItemId | None = None
     item_ids: list[ItemId] | None = Field(
-        None, max_length=MAX_EVENTS, description="several events, oldest first"
+        None, min_length=1, max_length=MAX_EVENTS, description="several events, oldest first"
     )
 
     @model_validator(mode="after")

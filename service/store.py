@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from service.errors import StoreUnavailable
 from service.metrics import ServiceMetrics
@@ -229,6 +229,12 @@ class RedisStore:
         if self._up:
             try:
                 return await operation()
+            except ResponseError as exc:
+                # Redis is up and refused this one command: not an outage, and nothing to buffer (a
+                # refused write would be retried, and refused, forever). The caller gets a 503.
+                self._metrics.store_errors.inc()
+                log.error("redis refused a command: %s", exc)
+                raise StoreUnavailable("store: the history store refused this request; retry") from None
             except (RedisError, OSError) as exc:
                 self._down(exc)
         return await fallback()

@@ -225,3 +225,22 @@ def test_result_cache_in_redis(tiny_run: TinyRun, redis_target: RedisTarget) -> 
         keys = list(redis_target.client.scan_iter(f"{redis_target.prefix}:cache:{first['bundle_id']}:*"))
         assert len(keys) == 1 and 0 < redis_target.client.pttl(keys[0]) <= 30_000
         assert "sidrec_cache_hits_total 1.0" in client.get("/metrics").text
+
+
+def test_an_empty_event_list_is_refused_and_leaves_the_store_up(client: TestClient) -> None:
+    """``item_ids: []`` once reached Redis as a bare RPUSH: Redis refused it, the store took that for an
+    outage, buffered the empty event and retried it forever, degraded, without Redis being down."""
+    response = client.post("/events", json={"user_id": "u-empty", "item_ids": []}, headers=KEY)
+    assert response.status_code == 422 and "item_ids" in response.json()["detail"]
+    assert client.get("/readyz").json()["store"] == "ok"
+
+
+def test_a_command_redis_refuses_gets_503_and_is_not_taken_for_an_outage(
+    client: TestClient, tiny_run: TinyRun, redis_target: RedisTarget
+) -> None:
+    redis_target.client.set(f"{redis_target.prefix}:history:u-wrongtype", b"not a list")  # WRONGTYPE
+    events = {"user_id": "u-wrongtype", "item_ids": history_ids(tiny_run, 2)}
+    response = client.post("/events", json=events, headers=KEY)
+    assert response.status_code == 503 and response.json()["detail"].startswith("store:")
+    assert client.get("/readyz").json()["store"] == "ok"
+    assert client.post("/events", json={**events, "user_id": "u-fine"}, headers=KEY).status_code == 200
