@@ -67,6 +67,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cpu_list(text: str) -> list[int]:
+    """``"0"`` or ``"0,1"`` -> CPU numbers that this machine lets the process use."""
+    try:
+        cpus = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CPU numbers like 0 or 0,1, got {text!r}") from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not set(cpus) <= allowed:
+        raise argparse.ArgumentTypeError(f"CPUs {text!r} are not among the usable ones {sorted(allowed)}")
+    return cpus
+
+
 def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     """redis-server with an append-only file in ``workdir`` (as compose and k8s run it)."""
     args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
@@ -385,6 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-seconds", type=float, default=300.0)
     parser.add_argument("--max-queue-delay-ms", type=float, default=200.0, help="SIDREC_MAX_QUEUE_DELAY_MS")
     parser.add_argument("--max-batch-size", type=int, default=32, help="SIDREC_MAX_BATCH_SIZE")
+    parser.add_argument(
+        "--service-cpus",
+        type=cpu_list,
+        default=None,
+        help="pin the service to these CPUs (e.g. 0) and this load generator to the others, as a "
+        "service and its clients sit on different machines in production; without it both share "
+        "every CPU and past saturation the client starves before the service's admission is tested",
+    )
     args = parser.parse_args(argv)
     command = shlex.join(
         ["python", "-m", "benchmarks.reliability", *(argv if argv is not None else sys.argv[1:])]
@@ -411,9 +431,19 @@ def main(argv: list[str] | None = None) -> int:
         "OMP_NUM_THREADS": "1",
     }
     service_log = (workdir / "service.log").open("w")
+    harness_cpus = sorted(os.sched_getaffinity(0))
+    service_cpus = args.service_cpus or harness_cpus
+    if args.service_cpus:
+        harness_cpus = [cpu for cpu in harness_cpus if cpu not in service_cpus] or harness_cpus
     service = subprocess.Popen(
-        [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=service_log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "service"],
+        cwd=REPO,
+        env=env,
+        stdout=service_log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: os.sched_setaffinity(0, service_cpus),  # before exec: sized threads see it
     )
+    os.sched_setaffinity(0, harness_cpus)
     url = f"http://127.0.0.1:{port}"
     report: dict[str, Any] = {"command": command}
     try:
@@ -512,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
             "rated_fraction": args.rated_fraction,
             "rated_rps": args.rated_rps,
             "overload_factor": args.overload_factor,
+            "service_cpus": service_cpus,
+            "load_generator_cpus": harness_cpus,
         },
         "machine": {
             "platform": platform.platform(),
