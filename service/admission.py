@@ -13,6 +13,11 @@ request carries (``SIDREC_REQUEST_TIMEOUT_MS``), the request is refused before i
 (``Overloaded`` -> 429 + Retry-After, ``sidrec_rejected_total``), so the ones admitted keep a bounded
 latency.
 
+Requests also wait before the service can count them: once the process is saturated, a request's
+bytes sit in the socket until the event loop gets to them, and shed requests wait there as long as
+admitted ones. That wait is the event loop's lag, which ``watch_loop`` measures with a timer (how late
+it fires); it is added to the expected wait, so admission sheds as soon as the loop falls behind.
+
 A bundle reload is the service's own work, not demand. While one runs, and until the requests that
 were in the service during it have been answered (the *reload pause*), the latency budget is not
 applied (the deadline, the queue bound and the dropping of expired work still are), and requests
@@ -35,6 +40,8 @@ __all__ = ["AdmissionControl"]
 
 _SMOOTHING = 0.05  # weight of each answered request in the moving averages
 _POLL_S = 0.005  # how often ``pause_over`` looks
+_LAG_PERIOD_S = 0.005  # the event-loop lag timer
+_LAG_DECAY = 0.9  # per timer tick: a lag spike counts at once and fades over ~50 ms
 
 
 class AdmissionControl:
@@ -57,6 +64,8 @@ class AdmissionControl:
         self._reloads = 0  # reloads in progress
         self._epoch = 0  # changes when a reload starts and when it ends
         self._in_epoch = 0  # requests in the service admitted in the current epoch
+        self._lag_s = 0.0  # event-loop lag: decaying maximum of how late the timer fired
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def in_service(self) -> int:
@@ -65,8 +74,33 @@ class AdmissionControl:
 
     @property
     def estimated_wait_s(self) -> float:
-        """How long a request admitted now would wait behind the ones already in the service."""
-        return self._in_service * self._per_ahead_s
+        """How long a request admitted now would wait: behind the ones already in the service, and
+        for the event loop, which is late by its current lag."""
+        return self._in_service * self._per_ahead_s + self._lag_s
+
+    @property
+    def loop_lag_s(self) -> float:
+        return self._lag_s
+
+    def start(self) -> None:
+        """Start measuring the event loop's lag (call from inside the running loop)."""
+        self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+
+    async def _watch_loop(self) -> None:
+        while True:
+            fired, epoch = self._clock(), self._epoch
+            await asyncio.sleep(_LAG_PERIOD_S)
+            late = max(0.0, self._clock() - fired - _LAG_PERIOD_S)
+            # A reload's pause (loading, warming, collecting the old bundle) is not demand: a tick that
+            # overlapped any of it (the epoch changes when one starts and ends) measures nothing.
+            overlapped = self.reload_pause or epoch != self._epoch
+            self._lag_s = 0.0 if overlapped else max(late, _LAG_DECAY * self._lag_s)
 
     @property
     def reload_pause(self) -> bool:

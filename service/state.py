@@ -95,6 +95,7 @@ class ServiceState:
         await state._attach(recommender)
         _freeze_heap()
         state.batcher.start()
+        state.admission.start()
         log.info(
             "serving bundle %s on %s, store %s",
             recommender.bundle.bundle_id,
@@ -104,6 +105,7 @@ class ServiceState:
         return state
 
     async def close(self) -> None:
+        await self.admission.stop()
         await self.batcher.stop()
         await self.store.close()
         gc.unfreeze()  # the bundle is no longer needed: let the collector have it
@@ -172,7 +174,8 @@ class ServiceState:
                 await self._attach(fresh)
                 previous, self.recommender = self.bundle.bundle_id, fresh
             await self.admission.pause_over()  # no request holds the replaced bundle any more
-            _freeze_heap()
+            with self.admission.reloading():  # the collection stops the process: the reload's own work
+                _freeze_heap()
         log.info("reloaded: %s -> %s", previous, fresh.bundle.bundle_id)
         return previous, fresh.bundle.bundle_id
 

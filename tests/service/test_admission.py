@@ -164,3 +164,30 @@ def test_the_bundle_is_frozen_out_of_full_collections_and_a_replaced_one_is_free
         assert gc.get_freeze_count() == 0
 
     asyncio.run(run())
+
+
+def test_a_late_event_loop_refuses_and_a_reload_pause_does_not() -> None:
+    """The loop's lag counts as wait: a process too busy to read its sockets sheds at once. Blocking the
+    loop guarantees lateness (more under load, never less), so the assertions cannot flake."""
+
+    async def scenario() -> None:
+        control = AdmissionControl(50.0, 2000.0, ServiceMetrics())
+        control.start()
+        await asyncio.sleep(0.02)  # the watcher is ticking
+        time.sleep(0.3)  # the process does something else; no socket is read meanwhile
+        await asyncio.sleep(0.001)  # the watcher wakes, 0.3 s late
+        assert control.loop_lag_s > 0.1
+        with pytest.raises(Overloaded), control.admit():
+            pass
+        with control.reloading():  # the same stop during a reload is the service's own work
+            await asyncio.sleep(0.02)
+            time.sleep(0.3)
+            await asyncio.sleep(0.001)
+            assert control.loop_lag_s == 0.0
+        await asyncio.sleep(0.001)
+        assert control.loop_lag_s < 0.05  # the tick that overlapped the reload measured nothing
+        with control.admit():
+            pass
+        await control.stop()
+
+    asyncio.run(scenario())
