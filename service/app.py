@@ -10,6 +10,7 @@ the framework's own 4xx (unparseable body, unknown route) with the same shape. N
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -33,13 +34,29 @@ __all__ = ["create_app"]
 log = logging.getLogger("sidrec.service")
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _key(part: str) -> str:
+    """A key as it goes into a field name: plain keys as they are, any other (a caller's unknown key
+    can hold spaces, colons or control characters) quoted with every other character escaped, so the
+    field name stays one unambiguous token before the ``:`` of the message."""
+    if _PLAIN_KEY.fullmatch(part):
+        return part
+    return '["' + "".join(c if _PLAIN_KEY.fullmatch(c) else f"\\u{ord(c):04x}" for c in part) + '"]'
+
+
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     """``("body", "history", 3)`` -> ``history[3]``; other origins are named: ``query.limit``."""
     parts = list(loc)
     origin = str(parts.pop(0)) if parts and parts[0] in ("body", "query", "path", "header") else "body"
     name = ""
     for part in parts:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            key = _key(str(part))
+            name += f".{key}" if name and not key.startswith("[") else key
     if origin == "body":
         return name or "body"
     return f"{origin}.{name}"

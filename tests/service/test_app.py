@@ -244,3 +244,13 @@ def test_a_command_redis_refuses_gets_503_and_is_not_taken_for_an_outage(
     assert response.status_code == 503 and response.json()["detail"].startswith("store:")
     assert client.get("/readyz").json()["store"] == "ok"
     assert client.post("/events", json={**events, "user_id": "u-fine"}, headers=KEY).status_code == 200
+
+
+def test_an_unknown_key_with_spaces_colons_or_control_characters_is_named_as_one_token(
+    client: TestClient, tiny_run: TinyRun
+) -> None:
+    body = {"history": history_ids(tiny_run, 1), "\x1c\u00d1: x": 1}  # found by the fuzzer
+    response = client.post("/recommend", json=body)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail.startswith('["\\u001c\\u00d1\\u003a\\u0020x"]: ') and "Extra inputs" in detail
