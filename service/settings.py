@@ -37,7 +37,10 @@ class Settings(BaseSettings):
         "CUDAExecutionProvider,CPUExecutionProvider",
         description="onnxruntime providers in order of preference; unavailable ones are skipped",
     )
-    kv_cache: bool = Field(True, description="decode with the bundle's cross-attention K/V graphs if present")
+    kv_cache: bool = Field(
+        True,
+        description="decode with the bundle's incremental K/V-cached step graphs if present (else the reference step)",
+    )
     threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads; 0 = the CPU limit")
     max_batch_size: int = Field(32, ge=1, le=1024, description="requests per micro-batch at most")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill up")
