@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     )
     kv_cache: bool = Field(
         True,
-        description="decode with the bundle's incremental K/V-cached step graphs if present (else the reference step)",
+        description="decode with the bundle's incremental K/V-cached step graphs if present "
+        "(else with the reference step graph)",
     )
     threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads; 0 = the CPU limit")
     max_batch_size: int = Field(32, ge=1, le=1024, description="requests per micro-batch at most")
