@@ -11,6 +11,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.bundle import cpu_limit
 from service.deps import ApiKey, EventsKey, State
 from service.errors import ERROR_STATUS, ServiceError
 from service.schemas import (
@@ -141,6 +142,8 @@ async def model_info(state: State) -> dict[str, Any]:
             "max_wait_ms": state.settings.max_wait_ms,
             "queue_size": state.settings.queue_size,
             "max_queue_delay_ms": state.settings.max_queue_delay_ms,
+            "batch_workers": state.batcher.workers,
+            "threads_per_session": state.settings.decoding_layout(cpu_limit())[1],
         },
         "store": state.store.state,
         "metrics": _without_paths(manifest.metrics),

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "decoding_layout", "get_settings"]
 
 
 class Settings(BaseSettings):
@@ -42,7 +42,15 @@ class Settings(BaseSettings):
         description="decode with the bundle's incremental K/V-cached step graphs if present "
         "(else with the reference step graph)",
     )
-    threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads; 0 = the CPU limit")
+    threads: int = Field(
+        0, ge=0, le=256, description="onnxruntime intra-op threads per session; 0 = CPU limit / batch_workers"
+    )
+    batch_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="micro-batches decoded at once, each in its own thread; 0 = one per CPU, at most 8",
+    )
     max_batch_size: int = Field(32, ge=1, le=1024, description="requests per micro-batch at most")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill up")
     queue_size: int = Field(256, ge=1, le=100_000, description="queued requests before 429")
@@ -85,9 +93,22 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
+    def decoding_layout(self, cpus: int) -> tuple[int, int]:
+        """(batch workers, onnxruntime threads per session) for a process allowed ``cpus`` CPUs."""
+        return decoding_layout(cpus, self.batch_workers, self.threads)
+
     @property
     def provider_list(self) -> list[str]:
         return [p.strip() for p in self.providers.split(",") if p.strip()]
+
+
+def decoding_layout(cpus: int, workers: int = 0, threads: int = 0) -> tuple[int, int]:
+    """(batch workers, onnxruntime threads per session); 0 picks the default.
+
+    One single-threaded batch per core by default: a batch is many small graph calls, which one
+    thread runs nearly as fast as two (see ``service.batcher``)."""
+    workers = workers or min(cpus, 8)
+    return workers, threads or max(1, cpus // workers)
 
 
 @functools.cache

@@ -88,7 +88,13 @@ class ServiceState:
             settings,
             recommender,
             store,
-            MicroBatcher(settings.max_batch_size, settings.max_wait_ms, settings.queue_size, metrics),
+            MicroBatcher(
+                settings.max_batch_size,
+                settings.max_wait_ms,
+                settings.queue_size,
+                metrics,
+                workers=settings.decoding_layout(cpu_limit())[0],
+            ),
             AdmissionControl(settings.max_queue_delay_ms, settings.request_timeout_ms, metrics),
             metrics,
         )
@@ -115,7 +121,7 @@ class ServiceState:
         """Load, verify and warm a bundle: one request of the default size runs through every graph
         here, off the serving path, so a graph that cannot run is refused like any other bad bundle
         and the first requests served do not pay for onnxruntime's first-run allocations."""
-        bundle = load_bundle(path, settings.provider_list, settings.threads or cpu_limit())
+        bundle = load_bundle(path, settings.provider_list, settings.decoding_layout(cpu_limit())[1])
         recommender = Recommender(bundle, kv_cache=settings.kv_cache)
         decoding = bundle.manifest.decoding
         try:

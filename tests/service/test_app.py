@@ -179,6 +179,7 @@ def test_ops_endpoints(client: TestClient) -> None:
     assert ready["status"] == "ready" and ready["store"] == "ok"
     info = client.get("/v1/model").json()
     assert info["provider"] == "CPUExecutionProvider" and info["id_spec"]["id_length"] == 3
+    assert info["batching"]["batch_workers"] >= 1 and info["batching"]["threads_per_session"] >= 1
     client.post("/recommend", json={"history": [client.get("/items").json()["items"][0]["item_id"]]})
     text = client.get("/metrics").text
     for name in (

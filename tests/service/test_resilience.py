@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -131,3 +133,37 @@ def test_cli_refuses_a_tampered_bundle(tiny_run: TinyRun, tmp_path: Path) -> Non
     )
     assert result.returncode == 2
     assert "refusing to serve" in result.stderr and "sids.npy: sha256" in result.stderr
+
+
+def test_batch_workers_decode_batches_at_once(tiny_run: TinyRun) -> None:
+    """With two workers a second batch starts while the first decodes (a barrier both must reach),
+    and every caller still gets its own answer: the items it gets alone."""
+    recommender = Recommender(load_bundle(tiny_run.bundle, ["CPUExecutionProvider"], threads=1))
+    queries = [Query(history=[1 + i, 2 + i], k=5, beam=10) for i in range(4)]
+    alone = [[hit.item for hit in recommender.recommend([q])[0]] for q in queries]
+    both_inside = threading.Barrier(2, timeout=10)
+    original = recommender.recommend
+
+    def meets_the_other_batch(batch: list[Query], on_step: object = None) -> list:
+        both_inside.wait()  # raises BrokenBarrierError if the batches ran one after the other
+        return original(batch)
+
+    recommender.recommend = meets_the_other_batch  # type: ignore[method-assign]
+
+    async def two_batches() -> list[list]:
+        batcher = MicroBatcher(
+            max_batch_size=2, max_wait_ms=50, queue_size=8, metrics=ServiceMetrics(), workers=2
+        )
+        batcher.start()
+        try:
+            return list(await asyncio.gather(*(batcher.submit(recommender, q) for q in queries)))
+        finally:
+            await batcher.stop()
+
+    answers = asyncio.run(two_batches())
+    assert [[hit.item for hit in answer] for answer in answers] == alone
+
+
+def test_batcher_refuses_zero_workers() -> None:
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        MicroBatcher(max_batch_size=2, max_wait_ms=1, queue_size=4, metrics=ServiceMetrics(), workers=0)
