@@ -9,9 +9,10 @@ Starts its own ``redis-server`` (append-only, on a free port, in a temporary dir
 1. fuzz      ``--fuzz-requests`` requests generated from the service's OpenAPI schema
              (benchmarks/fuzz.py): 0 answers 5xx, none leaks a traceback or a server path, every
              4xx names its field.
-2. capacity  a closed-loop burst measures saturation throughput; the *rated* load is
-             ``--rated-fraction`` of it, or ``--rated-rps`` when the capacity report gave one. A
-             rated step gives the reference p99.
+2. capacity  an open-loop ramp (``--ramp`` rates, ``--ramp-seconds`` each, stopping at the first
+             miss) finds the *rated* load: the highest rate with p99 <= ``--p99-target-ms`` and at
+             most 0.5 % of recommendations refused or failed (or ``--rated-rps`` when given). A rated step of
+             ``--step-seconds`` gives the reference p99.
 3. overload  one open-loop step at ``--overload-factor`` × rated: admitted requests (2xx) and shed
              ones (429/503 + Retry-After) are timed separately.
 4. outage    a rated step during which Redis is stopped for ``--outage-seconds`` and started again;
@@ -21,6 +22,9 @@ Starts its own ``redis-server`` (append-only, on a free port, in a temporary dir
              the JSON).
 
 Load comes from the open-loop harness in deploy/loadtest (every 2xx is checked for correctness).
+The service runs on the first half of the CPUs and the harness on the others (``--service-cpus``):
+in production clients sit on other machines, and a client that shares the service's cores starves
+as the service saturates, so its own lateness would be measured as the service's latency.
 Prints a progress line per phase, a summary table at the end, and writes the JSON with the command.
 """
 
@@ -29,7 +33,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
+import math
 import os
 import platform
 import secrets
@@ -55,6 +61,7 @@ from deploy.loadtest.report import Outcome
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "sidrec"  # the service's default Redis key prefix
+RAMP_FAILURES = 0.005  # share of refused/failed recommendations a ramp step may have and still pass
 
 
 def log(message: str) -> None:
@@ -68,7 +75,9 @@ def free_port() -> int:
 
 
 def cpu_list(text: str) -> list[int]:
-    """``"0"`` or ``"0,1"`` -> CPU numbers that this machine lets the process use."""
+    """``"0"`` or ``"0,1"`` -> CPU numbers that this machine lets the process use; ``"all"`` -> all."""
+    if text == "all":
+        return sorted(os.sched_getaffinity(0))
     try:
         cpus = sorted({int(part) for part in text.split(",")})
     except ValueError:
@@ -156,22 +165,6 @@ def fuzz(url: str, api_key: str, n: int, forbidden: tuple[str, ...]) -> dict[str
     }
 
 
-async def saturation(url: str, history: list[str], seconds: float, clients: int) -> float:
-    """Answers per second with ``clients`` closed-loop senders (the most the service can do)."""
-    done = 0
-    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-        stop_at = time.monotonic() + seconds
-
-        async def worker() -> None:
-            nonlocal done
-            while time.monotonic() < stop_at:
-                response = await http.post("/recommend", json={"history": history, "k": 10})
-                done += response.status_code == 200
-
-        await asyncio.gather(*(worker() for _ in range(clients)))
-    return done / seconds
-
-
 def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
     recs = [o for o in outcomes if o.kind != "event"]
     ok = [o.latency_s * 1e3 for o in recs if o.ok]
@@ -195,17 +188,34 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
     }
 
 
-def load(url: str, api_key: str, rate: float, seconds: float, **hooks: Any) -> list[Outcome]:
-    config = LoadTestConfig(
-        url=url,
-        rates=(rate,),
-        step_seconds=seconds,
-        api_key=api_key,
-        n_users=50,
-        max_history=10,
-        p99_target_ms=1e9,
-        max_concurrency=256,
-    )
+def capacity_ramp(
+    base: LoadTestConfig, rates: list[float], seconds: float, p99_target_ms: float
+) -> list[dict[str, Any]]:
+    """Open-loop steps at rising ``rates`` until one misses the target: p99 above ``p99_target_ms``,
+    or more than ``RAMP_FAILURES`` of the recommendations refused or failed (one stray refusal in a
+    step is noise, not the capacity). Each step's rate, p99, failures and verdict."""
+    steps = []
+    for rate in rates:
+        step = summarise(load(base, rate, seconds))
+        failed_share = step["recommend_failed"] / max(1, step["recommend_requests"])
+        within = failed_share <= RAMP_FAILURES and (step["admitted_p99_ms"] or math.inf) <= p99_target_ms
+        steps.append(
+            {
+                "rate": rate,
+                "p99_ms": step["admitted_p99_ms"],
+                "failed": step["recommend_failed"],
+                "within_target": within,
+            }
+        )
+        log(f"  ramp {rate:g} req/s: p99 {step['admitted_p99_ms']} ms, failed {step['recommend_failed']}")
+        if not within:
+            break
+    return steps
+
+
+def load(base: LoadTestConfig, rate: float, seconds: float, **hooks: Any) -> list[Outcome]:
+    """One open-loop step of ``base`` (target, key, beam, users) at ``rate`` for ``seconds``."""
+    config = dataclasses.replace(base, rates=(rate,), step_seconds=seconds)
     collected: list[Outcome] = []
     hooks.setdefault("on_step", lambda _rate, outcomes: collected.extend(outcomes))
     asyncio.run(run_load_test(config, "benchmarks.reliability", **hooks))
@@ -213,8 +223,7 @@ def load(url: str, api_key: str, rate: float, seconds: float, **hooks: Any) -> l
 
 
 def outage(
-    url: str,
-    api_key: str,
+    base: LoadTestConfig,
     rate: float,
     redis_port: int,
     redis_dir: Path,
@@ -241,7 +250,7 @@ def outage(
                 restarted = True
                 timeline.append((round(time.monotonic() - t0, 2), "redis started"))
             with contextlib.suppress(httpx.HTTPError):
-                status = httpx.get(f"{url}/readyz", timeout=2).json()["status"]
+                status = httpx.get(f"{base.url}/readyz", timeout=2).json()["status"]
                 if not timeline or timeline[-1][1] != status:
                     timeline.append((round(time.monotonic() - t0, 2), status))
                 if restarted and status == "ready":
@@ -250,14 +259,14 @@ def outage(
 
     thread = threading.Thread(target=chaos, daemon=True)
     thread.start()
-    outcomes = load(url, api_key, rate, args.outage_seconds + 12, before_step=lambda _r: started.set())
+    outcomes = load(base, rate, args.outage_seconds + 12, before_step=lambda _r: started.set())
     thread.join(60)
     time.sleep(1.0)
     client = redis.Redis(port=redis_port)
     stored = sum(int(client.llen(key)) for key in client.scan_iter(f"{PREFIX}:history:loadtest:*:e*"))
     accepted = sum(1 for o in outcomes if o.kind == "event" and o.status == "200")
     refused = sum(1 for o in outcomes if o.kind == "event" and o.status == "503")
-    metrics = httpx.get(f"{url}/metrics").text
+    metrics = httpx.get(f"{base.url}/metrics").text
     attempts = next(
         (
             float(line.split()[1])
@@ -281,9 +290,7 @@ def outage(
     }
 
 
-def reload_under_load(
-    url: str, api_key: str, rate: float, seconds: float, names: list[str]
-) -> dict[str, Any]:
+def reload_under_load(base: LoadTestConfig, rate: float, seconds: float, names: list[str]) -> dict[str, Any]:
     reloads: list[dict[str, Any]] = []
     started, finished = threading.Event(), threading.Event()
 
@@ -293,14 +300,17 @@ def reload_under_load(
         while not finished.wait(2.0):
             name = names[n % len(names)]
             response = httpx.post(
-                f"{url}/admin/reload", json={"bundle": name}, headers={"X-API-Key": api_key}, timeout=60
+                f"{base.url}/admin/reload",
+                json={"bundle": name},
+                headers={"X-API-Key": base.api_key or ""},
+                timeout=60,
             )
             reloads.append({"bundle": name, "status": response.status_code, **response.json()})
             n += 1
 
     thread = threading.Thread(target=reloader, daemon=True)
     thread.start()
-    outcomes = load(url, api_key, rate, seconds, before_step=lambda _r: started.set())
+    outcomes = load(base, rate, seconds, before_step=lambda _r: started.set())
     finished.set()
     thread.join(120)
     summary = summarise(outcomes)
@@ -313,7 +323,7 @@ def reload_under_load(
     }
 
 
-def soak(url: str, api_key: str, rate: float, seconds: float, pid: int) -> dict[str, Any]:
+def soak(base: LoadTestConfig, rate: float, seconds: float, pid: int) -> dict[str, Any]:
     curve: list[tuple[float, float]] = []
     finished = threading.Event()
     t0 = time.monotonic()
@@ -329,7 +339,7 @@ def soak(url: str, api_key: str, rate: float, seconds: float, pid: int) -> dict[
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    outcomes = load(url, api_key, rate, seconds)
+    outcomes = load(base, rate, seconds)
     finished.set()
     thread.join(10)
     rss = [mb for _, mb in curve]
@@ -380,14 +390,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/reliability.json"))
     parser.add_argument("--fuzz-requests", type=int, default=2000)
     parser.add_argument(
-        "--rated-fraction", type=float, default=0.4, help="rated load / saturation throughput"
-    )
-    parser.add_argument(
         "--rated-rps",
         type=float,
         default=0.0,
-        help="rated load in req/s, e.g. max_rps_within_p99_target of the capacity report "
-        "(default 0: --rated-fraction of the measured saturation)",
+        help="rated load in req/s, e.g. max_rps_within_p99_target of a capacity report "
+        "(default 0: found by the ramp)",
+    )
+    parser.add_argument(
+        "--ramp",
+        type=lambda text: [float(rate) for rate in text.split(",")],
+        default=[25.0, 50.0, 75.0, 100.0, 125.0, 150.0, 175.0, 200.0, 250.0, 300.0, 350.0, 400.0],
+        help="ascending open-loop rates (req/s) of the capacity ramp (default: 25..400)",
+    )
+    parser.add_argument("--ramp-seconds", type=float, default=8.0, help="length of each ramp step")
+    parser.add_argument(
+        "--p99-target-ms", type=float, default=50.0, help="the rated load's p99 target (default: %(default)s)"
     )
     parser.add_argument("--overload-factor", type=float, default=2.0)
     parser.add_argument(
@@ -398,12 +415,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queue-delay-ms", type=float, default=200.0, help="SIDREC_MAX_QUEUE_DELAY_MS")
     parser.add_argument("--max-batch-size", type=int, default=32, help="SIDREC_MAX_BATCH_SIZE")
     parser.add_argument(
+        "--beam",
+        type=int,
+        default=None,
+        help="beam width of every load request (default: the bundle's). A wider beam costs the "
+        "service more per request, so on a small machine the service saturates before the "
+        "one-core client does, and the overload step overloads the service, not the client",
+    )
+    parser.add_argument(
         "--service-cpus",
         type=cpu_list,
         default=None,
-        help="pin the service to these CPUs (e.g. 0) and this load generator to the others, as a "
-        "service and its clients sit on different machines in production; without it both share "
-        "every CPU and past saturation the client starves before the service's admission is tested",
+        help="CPUs for the service (e.g. 0); the harness gets the others (default: the first half; "
+        "'all' shares every CPU, and then past saturation the client starves too)",
     )
     args = parser.parse_args(argv)
     command = shlex.join(
@@ -432,9 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     service_log = (workdir / "service.log").open("w")
     harness_cpus = sorted(os.sched_getaffinity(0))
-    service_cpus = args.service_cpus or harness_cpus
-    if args.service_cpus:
-        harness_cpus = [cpu for cpu in harness_cpus if cpu not in service_cpus] or harness_cpus
+    service_cpus = args.service_cpus or harness_cpus[: max(1, len(harness_cpus) // 2)]
+    harness_cpus = [cpu for cpu in harness_cpus if cpu not in service_cpus] or harness_cpus
     service = subprocess.Popen(
         [sys.executable, "-m", "service"],
         cwd=REPO,
@@ -463,39 +486,47 @@ def main(argv: list[str] | None = None) -> int:
         report["fuzz"] = fuzz(url, api_key, args.fuzz_requests, (str(bundle), str(REPO), str(workdir)))
         httpx.post(f"{url}/admin/reload", headers={"X-API-Key": api_key}, timeout=60)  # undo fuzzed reloads
 
-        log("[2/6] capacity: closed-loop saturation, then the rated step")
-        history = [r["item_id"] for r in httpx.get(f"{url}/items", params={"limit": 8}).json()["items"]]
-        saturated = asyncio.run(saturation(url, history, 8.0, 64))
-        rated = args.rated_rps or max(1.0, round(saturated * args.rated_fraction, 1))
-        rated_step = summarise(load(url, api_key, rated, args.step_seconds))
-        log(
-            f"  saturation {saturated:.1f} req/s, rated {rated:g} req/s, "
-            f"p99 {rated_step['admitted_p99_ms']} ms"
+        base = LoadTestConfig(
+            url=url,
+            api_key=api_key,
+            beam=args.beam,
+            n_users=50,
+            max_history=10,
+            p99_target_ms=1e9,  # each phase judges its own steps
+            max_concurrency=256,
         )
+        log(f"[2/6] capacity: open-loop ramp to p99 > {args.p99_target_ms:g} ms, then the rated step")
+        ramp = [] if args.rated_rps else capacity_ramp(base, args.ramp, args.ramp_seconds, args.p99_target_ms)
+        passed = [step["rate"] for step in ramp if step["within_target"]]
+        if not args.rated_rps and not passed:
+            raise RuntimeError(f"no ramp rate met p99 <= {args.p99_target_ms:g} ms: {ramp}")
+        rated = args.rated_rps or passed[-1]
+        rated_step = summarise(load(base, rated, args.step_seconds))
+        log(f"  rated {rated:g} req/s, p99 {rated_step['admitted_p99_ms']} ms")
 
         log(f"[3/6] overload at {args.overload_factor:g}x rated")
-        overload = summarise(load(url, api_key, rated * args.overload_factor, args.step_seconds))
+        overload = summarise(load(base, rated * args.overload_factor, args.step_seconds))
         log(
             f"  admitted p99 {overload['admitted_p99_ms']} ms, "
             f"shed {overload['shed']} (p99 {overload['shed_p99_ms']} ms)"
         )
 
         log(f"[4/6] Redis outage of {args.outage_seconds:g} s under the rated load")
-        outage_report = outage(url, api_key, rated, redis_port, workdir, args, holder)
+        outage_report = outage(base, rated, redis_port, workdir, args, holder)
         log(
             f"  failed recommend {outage_report['recommend_failed']}, "
             f"events lost {outage_report['events_lost']}"
         )
 
         log("[5/6] reload under the rated load")
-        reload_report = reload_under_load(url, api_key, rated, args.step_seconds, [second.name, bundle.name])
+        reload_report = reload_under_load(base, rated, args.step_seconds, [second.name, bundle.name])
         log(
             f"  {reload_report['reloads_ok']}/{reload_report['reloads']} reloads, "
             f"failed requests {reload_report['failed_requests']}"
         )
 
         log(f"[6/6] soak: {args.soak_seconds:g} s at the rated load")
-        soak_report = soak(url, api_key, rated, args.soak_seconds, service.pid)
+        soak_report = soak(base, rated, args.soak_seconds, service.pid)
     finally:
         stop(service)
         stop(holder["redis"])
@@ -513,8 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         "redis_outage_requests": outage_report["recommend_requests"],
         "redis_outage_failed_requests": outage_report["recommend_failed"],
         "events_lost": outage_report["events_lost"],
-        "saturation_rps": round(saturated, 2),
         "rated_rps": rated,
+        "p99_target_ms": args.p99_target_ms,
         "overload_rps": rated * args.overload_factor,
         "rated_p99_ms": rated_step["admitted_p99_ms"],
         "overload_admitted_p99_ms": overload["admitted_p99_ms"],
@@ -529,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         "soak_rss_mb_max": soak_report["rss_mb_max"],
         "soak_rss_png": str(png),
         "phases": {
+            "capacity_ramp": ramp,
             "rated": rated_step,
             "overload": overload,
             "outage": outage_report,
@@ -539,9 +571,9 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "max_queue_delay_ms": args.max_queue_delay_ms,
             "max_batch_size": args.max_batch_size,
-            "rated_fraction": args.rated_fraction,
             "rated_rps": args.rated_rps,
             "overload_factor": args.overload_factor,
+            "beam": args.beam,
             "service_cpus": service_cpus,
             "load_generator_cpus": harness_cpus,
         },

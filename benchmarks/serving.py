@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "--workers",
         type=int,
         default=0,
-        help="the service's batch workers (0 = as the service: one per CPU, at most 8)",
+        help="the service's batch workers (0 = as the service: one per 4 CPUs)",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving-cpu.json"))
     parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. what the bundle is)")

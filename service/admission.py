@@ -107,14 +107,25 @@ class AdmissionControl:
         """A reload runs, or requests that were in the service during one are not answered yet."""
         return self._reloads > 0 or self._in_epoch < self._in_service
 
+    def refusal(self) -> Overloaded | None:
+        """Why a request arriving now would be refused (counted in ``sidrec_rejected_total``), or
+        None. Cheap enough to ask before the request's body is read (``service.app.ShedEarly``)."""
+        wait, paused = self.estimated_wait_s, self.reload_pause
+        budget = self.timeout_s if paused else min(self.timeout_s, self.max_delay_s)
+        if wait <= budget:
+            return None
+        self._metrics.rejected.inc()
+        return Overloaded(
+            f"{self._in_service} requests ahead, about {wait * 1000:.0f} ms of work; retry shortly"
+        )
+
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
         """Run one request inside, or raise ``Overloaded`` at once if it could only be answered late."""
-        ahead, wait, paused = self._in_service, self.estimated_wait_s, self.reload_pause
-        budget = self.timeout_s if paused else min(self.timeout_s, self.max_delay_s)
-        if wait > budget:
-            self._metrics.rejected.inc()
-            raise Overloaded(f"{ahead} requests ahead, about {wait * 1000:.0f} ms of work; retry shortly")
+        refused = self.refusal()
+        if refused is not None:
+            raise refused
+        ahead, paused = self._in_service, self.reload_pause
         epoch, started = self._epoch, self._clock()
         self._in_service += 1
         self._in_epoch += 1

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -120,6 +120,60 @@ class BodyLimit:
             await self._refusal(f"more than {self.limit}")(scope, receive, send)
 
 
+#: what ``ShedEarly`` may refuse before reading the body: the routes that queue for the model
+SHED_PATHS = frozenset({"/recommend", "/recommend/batch"})
+
+
+class ShedEarly:
+    """429 for a recommendation the service could only answer late, before its body is even read.
+
+    ``AdmissionControl`` decides again inside the route (where it also counts the request in), but
+    by then the request has been parsed and validated: under overload that is work spent only to
+    refuse it, taken from the requests being answered. Refusing here costs a header lookup.
+    """
+
+    def __init__(self, app: ASGIApp, service: Callable[[], ServiceState | None]) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.service() if scope["type"] == "http" and scope["path"] in SHED_PATHS else None
+        refused = state.admission.refusal() if state is not None and scope["method"] == "POST" else None
+        if refused is None:
+            await self.app(scope, receive, send)
+            return
+        headers = {"Retry-After": str(max(1, round(refused.retry_after)))}
+        await JSONResponse({"detail": str(refused)}, status_code=429, headers=headers)(scope, receive, send)
+
+
+class RequestMetrics:
+    """``sidrec_request_latency_seconds`` by route and status (a pure ASGI middleware: no per-request
+    task or body copy, unlike ``BaseHTTPMiddleware``)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            route = getattr(scope.get("route"), "path", None)  # the router records the matched route
+            name = route or (scope["path"] if scope["path"] in SHED_PATHS else "unmatched")
+            self.metrics.request_latency.labels(name, str(status)).observe(time.perf_counter() - started)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app; ``settings`` default to ``get_settings()`` (the ``SIDREC_*`` environment)."""
     metrics = ServiceMetrics()
@@ -163,15 +217,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             detail = f"path: {request.method} {_safe(request.url.path)[:200]}: {detail}"
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        metrics.request_latency.labels(name, str(response.status_code)).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(ShedEarly, service=lambda: getattr(app.state, "service", None))
+    app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     origins = [o.strip() for o in config.cors_origins.split(",") if o.strip()]
     if origins:  # off by default: no browser origin may call the API unless named

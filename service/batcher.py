@@ -3,10 +3,9 @@
 Requests wait in a bounded ``asyncio.Queue``; a single batcher task takes the first waiting request,
 gathers more for at most ``max_wait_ms`` (or until ``max_batch_size``), and runs the batch in a
 worker thread so the event loop keeps accepting requests meanwhile. Up to ``workers`` batches decode
-at once, each in its own thread: a batch is a chain of many small graph calls with numpy between
-them, and one onnxruntime thread per batch on each core keeps the cores busier than every core on
-one batch at a time (on 2 cores: 2,062 vs 1,225 requests/s at batch 64, see benchmarks/serving.py).
-A batch is only gathered once a worker is free, so requests wait in the queue, not in a thread.
+at once, each in its own thread (``SIDREC_BATCH_WORKERS``; see ``service.settings.decoding_layout``
+for when that pays). A batch is only gathered once a worker is free, so requests wait in the queue,
+not in a thread.
 Every request carries its own future: a batch that fails is retried one request at a time so each
 caller gets its own result or its own error. A full queue refuses at once (``Overloaded`` -> 429 +
 Retry-After) instead of letting latency grow without bound for everyone already admitted.

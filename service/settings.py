@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=64,
-        description="micro-batches decoded at once, each in its own thread; 0 = one per CPU, at most 8",
+        description="micro-batches decoded at once, each in its own thread; 0 = one per 4 CPUs (at least 1)",
     )
     max_batch_size: int = Field(32, ge=1, le=1024, description="requests per micro-batch at most")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill up")
@@ -105,9 +105,14 @@ class Settings(BaseSettings):
 def decoding_layout(cpus: int, workers: int = 0, threads: int = 0) -> tuple[int, int]:
     """(batch workers, onnxruntime threads per session); 0 picks the default.
 
-    One single-threaded batch per core by default: a batch is many small graph calls, which one
-    thread runs nearly as fast as two (see ``service.batcher``)."""
-    workers = workers or min(cpus, 8)
+    Default: one batch worker per 4 CPUs (at least 1), the CPUs shared out as intra-op threads. In
+    process, two single-threaded workers on 2 cores decode 1.7x the requests of one two-threaded
+    worker (benchmarks/serving.py --workers 2), but behind HTTP on the same 2 cores they halved the
+    closed-loop throughput (185 vs 378 req/s, benchmarks/reliability.py): the event loop, parsing and
+    answering requests, needs a core of its own, and two workers holding the GIL between graph calls
+    starve it. More workers pay off only where cores are left over for the event loop.
+    """
+    workers = workers or max(1, cpus // 4)
     return workers, threads or max(1, cpus // workers)
 
 

@@ -107,6 +107,23 @@ def test_overload_is_429_with_retry_after(tiny_run: TinyRun) -> None:
     assert refused.headers["Retry-After"] == "1" and "queue is full" in refused.text
 
 
+def test_overloaded_service_refuses_before_reading_the_body(tiny_run: TinyRun) -> None:
+    """Under overload a recommendation is refused on its headers: even a malformed body gets 429 (not
+    422), so refusing costs no parsing; other routes and a service with room answer as usual."""
+    with TestClient(create_app(settings_for(tiny_run.bundle))) as client:
+        admission = client.app.state.service.admission  # type: ignore[attr-defined]
+        malformed = {"content": b"{not json", "headers": {"content-type": "application/json"}}
+        assert client.post("/recommend", **malformed).status_code == 422  # room: parsed, and invalid
+        admission.refusal = lambda: Overloaded("9 requests ahead, about 900 ms of work; retry shortly")
+        for path in ("/recommend", "/recommend/batch"):
+            refused = client.post(path, **malformed)
+            assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+            assert refused.json() == {"detail": "9 requests ahead, about 900 ms of work; retry shortly"}
+        assert client.get("/items", params={"limit": 1}).status_code == 200
+        metrics = client.get("/metrics").text
+        assert 'sidrec_request_latency_seconds_count{route="/recommend",status="429"} 1.0' in metrics
+
+
 def test_service_never_imports_torch_or_training(tiny_run: TinyRun) -> None:
     code = (
         "import sys, service.app, service.__main__, service.bundle, service.recommender\n"
