@@ -9,9 +9,10 @@ Starts its own ``redis-server`` (append-only, on a free port, in a temporary dir
 1. fuzz      ``--fuzz-requests`` requests generated from the service's OpenAPI schema
              (benchmarks/fuzz.py): 0 answers 5xx, none leaks a traceback or a server path, every
              4xx names its field.
-2. capacity  an open-loop ramp (``--ramp`` rates, ``--ramp-seconds`` each, stopping at the first
-             miss) finds the *rated* load: the highest rate with p99 <= ``--p99-target-ms`` and at
-             most 0.5 % of recommendations refused or failed (or ``--rated-rps`` when given). A rated step of
+2. capacity  an open-loop ramp (``--ramp`` rates, ``--ramp-seconds`` each, ending when a rate misses
+             twice in a row) finds the *rated* load: the highest rate with p99 <=
+             ``--p99-target-ms`` and at most 0.5 % of recommendations refused or failed (or
+             ``--rated-rps`` when given). A rated step of
              ``--step-seconds`` gives the reference p99.
 3. overload  one open-loop step at ``--overload-factor`` × rated: admitted requests (2xx) and shed
              ones (429/503 + Retry-After) are timed separately.
@@ -191,25 +192,33 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
 def capacity_ramp(
     base: LoadTestConfig, rates: list[float], seconds: float, p99_target_ms: float
 ) -> list[dict[str, Any]]:
-    """Open-loop steps at rising ``rates`` until one misses the target: p99 above ``p99_target_ms``,
-    or more than ``RAMP_FAILURES`` of the recommendations refused or failed (one stray refusal in a
-    step is noise, not the capacity). Each step's rate, p99, failures and verdict."""
-    steps = []
+    """Open-loop steps at rising ``rates`` until a rate misses the target twice in a row: p99 above
+    ``p99_target_ms``, or more than ``RAMP_FAILURES`` of the recommendations refused or failed. A
+    short step's p99 is its few slowest requests, so one miss may be a hiccup, not the capacity: a
+    missed rate is run once more and passes if the second run meets the target. The first rate is
+    run once untimed before, so the ramp does not start cold. Each run's rate, p99, failures and
+    verdict, in order."""
+    load(base, rates[0], seconds)  # warm-up
+    steps: list[dict[str, Any]] = []
     for rate in rates:
-        step = summarise(load(base, rate, seconds))
-        failed_share = step["recommend_failed"] / max(1, step["recommend_requests"])
-        within = failed_share <= RAMP_FAILURES and (step["admitted_p99_ms"] or math.inf) <= p99_target_ms
-        steps.append(
-            {
-                "rate": rate,
-                "p99_ms": step["admitted_p99_ms"],
-                "failed": step["recommend_failed"],
-                "within_target": within,
-            }
-        )
-        log(f"  ramp {rate:g} req/s: p99 {step['admitted_p99_ms']} ms, failed {step['recommend_failed']}")
-        if not within:
-            break
+        for _attempt in range(2):
+            step = summarise(load(base, rate, seconds))
+            failed_share = step["recommend_failed"] / max(1, step["recommend_requests"])
+            p99 = step["admitted_p99_ms"] or math.inf
+            within = failed_share <= RAMP_FAILURES and p99 <= p99_target_ms
+            steps.append(
+                {
+                    "rate": rate,
+                    "p99_ms": step["admitted_p99_ms"],
+                    "failed": step["recommend_failed"],
+                    "within_target": within,
+                }
+            )
+            log(f"  ramp {rate:g} req/s: p99 {step['admitted_p99_ms']} ms, failed {step['recommend_failed']}")
+            if within:
+                break
+        else:
+            return steps
     return steps
 
 
@@ -402,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[25.0, 50.0, 75.0, 100.0, 125.0, 150.0, 175.0, 200.0, 250.0, 300.0, 350.0, 400.0],
         help="ascending open-loop rates (req/s) of the capacity ramp (default: 25..400)",
     )
-    parser.add_argument("--ramp-seconds", type=float, default=8.0, help="length of each ramp step")
+    parser.add_argument("--ramp-seconds", type=float, default=12.0, help="length of each ramp step")
     parser.add_argument(
         "--p99-target-ms", type=float, default=50.0, help="the rated load's p99 target (default: %(default)s)"
     )
