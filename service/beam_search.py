@@ -104,7 +104,7 @@ class ConstrainedBeamSearch:
             logp = log_softmax(logits.astype(np.float32, copy=False))  # (N, K)
             masking = time.perf_counter()
             children = self.index.children(depth, states.reshape(rows))  # (N, K)
-            context = StepContext(depth + 1, children, np.repeat(np.arange(batch), current))
+            context = StepContext(depth + 1, children, current)
             logp = apply_processors(logp, context, chain)
             if on_step is not None:
                 now = time.perf_counter()

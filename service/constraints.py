@@ -16,6 +16,7 @@ matching code prefixes instead of discarding most of the beam at the end.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,11 +30,16 @@ __all__ = ["AllowedItems", "ExcludeItems", "Processor", "StepContext", "TrieCons
 
 @dataclass(frozen=True)
 class StepContext:
-    """What a processor may look at in one decoding step."""
+    """What a processor may look at in one decoding step (rows request-major: ``beams`` per request)."""
 
     depth: int  # depth of the child nodes (= number of codes chosen after this step)
     children: np.ndarray  # int32 (N, K) child node ids, -1 where no catalogue item continues the prefix
-    request: np.ndarray  # int64 (N,) which request of the batch each row belongs to
+    beams: int  # rows per request
+
+    @functools.cached_property
+    def request(self) -> np.ndarray:
+        """int64 (N,): which request of the batch each row belongs to (built only if asked for)."""
+        return np.arange(self.children.shape[0]) // self.beams
 
 
 class Processor(Protocol):
@@ -44,7 +50,7 @@ class TrieConstraint:
     """Only codes that continue the prefix of some catalogue item."""
 
     def __call__(self, scores: np.ndarray, context: StepContext) -> np.ndarray:
-        return np.where(context.children >= 0, scores, -np.inf).astype(scores.dtype, copy=False)
+        return np.where(context.children >= 0, scores, scores.dtype.type(-np.inf))
 
 
 class AllowedItems:
@@ -90,7 +96,7 @@ class ExcludeItems:
             return scores
         rows, codes = np.nonzero(context.children >= 0)  # (M,) each: the few real leaves, not all N × K
         items = self._index.items_of_leaves(context.children[rows, codes])  # (M,)
-        banned = self._excluded[context.request[rows], items]  # (M,)
+        banned = self._excluded[rows // context.beams, items]  # (M,): rows are request-major
         out = scores.copy()
         out[rows[banned], codes[banned]] = -np.inf
         return out

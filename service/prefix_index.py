@@ -6,7 +6,11 @@ flattened offline into arrays: each beam carries an integer *trie state* (its no
 depth) and one gather per step yields, for every beam, the child node of each of the ``K`` codes
 (``-1`` where no item continues the prefix). The first ``dense_levels`` depths are dense
 ``(n_nodes, K)`` tables (small: at most ``K`` rows at depth 1); deeper depths, where nodes are as
-many as items, are stored as CSR and expanded with one vectorised scatter.
+many as items, are stored as CSR. In memory each CSR depth is also padded to its widest node:
+``(n_s, fan_s)`` codes and children, a node's short row repeating its last child (writing the same
+child twice is harmless), so a batch's child table is two gathers and one scatter whatever the
+fan-out: a handful of numpy calls per level, which is what a batch-1 request pays for masking.
+``fan_s`` is the most children one prefix has (10 and 6 on Beauty), at most ``K``.
 
 Nodes of each depth are numbered in lexicographic order of their prefixes, so every node covers a
 contiguous range of leaves in sorted-ID order: ``leaf_start[s][n] .. leaf_start[s][n + 1]``. That
@@ -16,7 +20,7 @@ makes "does any *allowed* item lie under this prefix?" one cumulative-sum lookup
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,16 @@ class PrefixIndex:
     csr_child: list[np.ndarray]  # int32 (nnz_s,) child node ids at depth s + 1
     leaf_start: list[np.ndarray]  # depth s in 0..D: int64 (n_s + 1,) first sorted leaf of each node
     leaf_item: np.ndarray  # int64 (n_items,) item index of the j-th leaf in sorted-ID order
+    padded: list[tuple[np.ndarray, np.ndarray]] = field(init=False, repr=False, compare=False)
+    # per CSR depth: codes int64 (n_s, fan_s) and children int32 (n_s, fan_s), short rows repeating
+    # their last child (built from the CSR arrays, never stored)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "padded",
+            [_pad(*csr) for csr in zip(self.csr_indptr, self.csr_codes, self.csr_child, strict=True)],
+        )
 
     @property
     def dense_levels(self) -> int:
@@ -99,22 +113,13 @@ class PrefixIndex:
     def children(self, depth: int, states: np.ndarray) -> np.ndarray:
         """Child node ids ``(N, K)`` of the depth-``depth`` nodes ``states`` (N,), ``-1`` where none.
 
-        One gather for dense depths; for CSR depths one vectorised scatter of every state's children.
+        One gather for dense depths; for CSR depths one scatter of every state's padded children.
         """
         if depth < self.dense_levels:
             return self.dense[depth][states]  # (N, K)
-        level = depth - self.dense_levels
-        indptr, codes, child = self.csr_indptr[level], self.csr_codes[level], self.csr_child[level]
-        starts, ends = indptr[states], indptr[states + 1]  # (N,)
-        counts = ends - starts
-        rows = np.repeat(np.arange(states.shape[0]), counts)  # (nnz,)
-        entries = (
-            np.arange(rows.shape[0])
-            - np.repeat(np.cumsum(counts) - counts, counts)
-            + np.repeat(starts, counts)
-        )
+        codes, child = self.padded[depth - self.dense_levels]
         out = np.full((states.shape[0], self.codebook_size), -1, dtype=np.int32)  # (N, K)
-        out[rows, codes[entries]] = child[entries]
+        out[np.arange(states.shape[0])[:, None], codes[states]] = child[states]
         return out
 
     def leaf_range(self, depth: int, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -167,3 +172,12 @@ class PrefixIndex:
                 )
         except (KeyError, ValueError, OSError) as exc:
             raise BundleError(f"{path}: not a valid prefix index ({exc})") from exc
+
+
+def _pad(indptr: np.ndarray, codes: np.ndarray, child: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR rows -> (n, fan) codes and children, each short row repeating its last entry."""
+    counts = np.diff(indptr)  # (n,) >= 1: every node above the leaves has a child
+    fan = int(counts.max(initial=1))
+    column = np.minimum(np.arange(fan)[None, :], counts[:, None] - 1)  # (n, fan) last entry repeated
+    entries = indptr[:-1, None] + column  # (n, fan) into the CSR arrays
+    return codes[entries], child[entries]

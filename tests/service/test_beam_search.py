@@ -145,9 +145,9 @@ def test_processors_do_not_mutate_input() -> None:
     index = PrefixIndex.build(sids, 6)
     scores = rng.normal(size=(2, 6)).astype(np.float32)
     before = scores.copy()
-    first = StepContext(1, index.children(0, np.zeros(2, dtype=np.int64)), np.array([0, 1]))
+    first = StepContext(1, index.children(0, np.zeros(2, dtype=np.int64)), beams=1)
     allowed = rng.random((2, len(sids))) > 0.5
-    last = StepContext(3, index.children(2, np.zeros(2, dtype=np.int64)), np.array([0, 1]))
+    last = StepContext(3, index.children(2, np.zeros(2, dtype=np.int64)), beams=1)
     for processor, context in (
         (TrieConstraint(), first),
         (AllowedItems(index, allowed), first),
@@ -173,6 +173,23 @@ def test_prefix_index_round_trip(tmp_path) -> None:
     states = np.arange(len(index.leaf_start[2]) - 1)
     np.testing.assert_array_equal(index.children(2, states), again.children(2, states))
     np.testing.assert_array_equal(sids[again.leaf_item], sids[np.lexsort(sids.T[::-1])])
+
+
+@settings(max_examples=50, deadline=None)
+@given(n_items=st.integers(1, 200), k=st.integers(2, 12), depth=st.integers(2, 4), seed=st.integers(0, 2**16))
+def test_children_match_a_dict_trie(n_items: int, k: int, depth: int, seed: int) -> None:
+    """Dense and padded-CSR depths alike: every node's child table is exactly its dict-trie children."""
+    sids = np.unique(np.random.default_rng(seed).integers(0, k, size=(n_items, depth)), axis=0)
+    index = PrefixIndex.build(sids, k)
+    rows = sids[np.lexsort(sids.T[::-1])].tolist()
+    for s in range(depth):
+        prefixes = sorted({tuple(r[:s]) for r in rows})  # node ids are lexicographic ranks
+        expected = np.full((len(prefixes), k), -1, dtype=np.int32)
+        nodes = sorted({tuple(r[: s + 1]) for r in rows})
+        for child_id, node in enumerate(nodes):
+            expected[prefixes.index(node[:s]), node[s]] = child_id
+        states = np.random.default_rng(seed).permutation(len(prefixes))  # any order, repeats allowed
+        np.testing.assert_array_equal(index.children(s, states), expected[states])
 
 
 @settings(max_examples=200, deadline=None)
