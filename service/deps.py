@@ -1,4 +1,8 @@
-"""FastAPI dependencies as ``Annotated`` aliases, so routes declare what they need in their signature."""
+"""FastAPI dependencies as ``Annotated`` aliases, so routes declare what they need in their signature.
+
+They are ``async def`` although nothing in them waits: FastAPI runs a plain ``def`` dependency in its
+thread pool, a thread hand-off per dependency per request that the event loop pays for.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,12 @@ from service.state import ServiceState
 __all__ = ["ApiKey", "EventsKey", "State"]
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
 
 
-def require_api_key(
+async def require_api_key(
     state: Annotated[ServiceState, Depends(get_state)],
     x_api_key: Annotated[str | None, Header(description="the service's SIDREC_API_KEY")] = None,
 ) -> None:
@@ -36,13 +40,13 @@ def require_api_key(
         raise Unauthorized("X-API-Key: header missing or wrong")
 
 
-def require_events_key(
+async def require_events_key(
     state: Annotated[ServiceState, Depends(get_state)],
     x_api_key: Annotated[str | None, Header(description="the service's SIDREC_API_KEY")] = None,
 ) -> None:
     """``POST /events`` needs the key unless ``SIDREC_EVENTS_NEED_KEY=false`` (behind a trusted proxy)."""
     if state.settings.events_need_key:
-        require_api_key(state, x_api_key)
+        await require_api_key(state, x_api_key)
 
 
 State = Annotated[ServiceState, Depends(get_state)]
