@@ -1,5 +1,5 @@
 """Evaluate generator runs: full ranking (constrained beam, Recall/NDCG@5/10), sampled-100 HR/NDCG@10,
-head/tail and short/long breakdowns, and the beam re-ranked by the dot-product head.
+head/tail and short/long breakdowns, and the beam re-ranked by the dot-product head (alone and fused).
 
   python -m training evaluate --run runs/beauty/gen-sidrec
   python -m training evaluate --run sidrec=runs/beauty/gen-sidrec --run tiger=runs/beauty/gen-tiger \\
@@ -73,7 +73,13 @@ def nest_metrics(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def _table(results: dict[str, dict[str, Any]]) -> str:
-    columns = [*MAIN_METRICS, "tail:full.recall@10", "head:full.recall@10", "reranked:full.recall@10"]
+    columns = [
+        *MAIN_METRICS,
+        "tail:full.recall@10",
+        "head:full.recall@10",
+        "reranked:full.recall@10",
+        "fused:full.recall@10",
+    ]
     labels = [c.replace("full.", "") for c in columns]
     widths = [max(11, len(label) + 2) for label in labels]
     header = f"{'model':<14}" + "".join(f"{label:>{w}}" for label, w in zip(labels, widths, strict=True))

@@ -2,7 +2,9 @@
 
 * Full ranking (TIGER / HiD-VAE protocol): the constrained beam's top-k over the whole catalogue; a
   non-generative model (SASRec) scores every item with the dot-product head instead. ``rerank=True``
-  re-orders the final beam by the dual-branch dot-product head.
+  also re-orders the final beam two ways: by the dual-branch dot-product head alone (``reranked``), and
+  by the product of the two experts (``fused``: the beam's ID log-probability plus the head's
+  log-softmax over the whole catalogue, both log-probabilities of the same item, so no weight to tune).
 * Sampled (H2Rec protocol): the target against ``n`` negatives not in the user's sequence, each scored by
   the model's log-likelihood of the candidate's ID (dot product for SASRec).
 
@@ -23,7 +25,10 @@ from tqdm import tqdm
 from training.generator.beam import PrefixTrie, constrained_beam_search
 from training.generator.model import SidrecGenerator
 
-__all__ = ["RankingInputs", "full_ranking_top", "sample_negatives", "sampled_scores"]
+__all__ = ["RERANKINGS", "RankingInputs", "full_ranking_top", "sample_negatives", "sampled_scores"]
+
+#: the beam re-orderings ``full_ranking_top(rerank=True)`` returns, by name
+RERANKINGS = ("reranked", "fused")
 
 
 @dataclass
@@ -68,13 +73,18 @@ def full_ranking_top(
     batch_size: int = 256,
     rerank: bool = False,
     label: str = "ranking",
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Top-``k`` item indices per user (N, k) (-1 where fewer than k items were reachable), and with
-    ``rerank`` the same beam re-ordered by the dot-product head (one beam search serves both)."""
+    ``rerank`` (generative models only) the same beam re-ordered as named in ``RERANKINGS`` (one beam
+    search serves all)."""
     model = inputs.model
     model.eval()
     top = np.full((len(histories), k), -1, np.int64)
-    reranked = np.full((len(histories), k), -1, np.int64) if rerank and model.config.generative else None
+    reordered = (
+        {name: np.full((len(histories), k), -1, np.int64) for name in RERANKINGS}
+        if rerank and model.config.generative
+        else {}
+    )
     device = inputs.sid_table.device
     for idx in _batches(histories, batch_size, label):
         tokens = left_pad([histories[i] for i in idx], model.config.max_len).to(device)
@@ -87,12 +97,13 @@ def full_ranking_top(
         result = constrained_beam_search(model, memory, tokens > 0, inputs.trie, beam=beam, k=beam)
         items = result.items
         top[idx] = items[:, :k].cpu().numpy()
-        if reranked is not None:
-            scores = _dot_scores(inputs, memory).gather(1, items.clamp(min=0))
-            scores = torch.where(items >= 0, scores, float("-inf"))
-            order = torch.sort(-scores, dim=1, stable=True).indices
-            reranked[idx] = items.gather(1, order)[:, :k].cpu().numpy()
-    return top, reranked
+        if reordered:
+            dot = _dot_scores(inputs, memory).log_softmax(-1).gather(1, items.clamp(min=0))  # (B, beam)
+            for name, scores in (("reranked", dot), ("fused", dot + result.scores)):
+                scores = torch.where(items >= 0, scores, float("-inf"))
+                order = torch.sort(-scores, dim=1, stable=True).indices
+                reordered[name][idx] = items.gather(1, order)[:, :k].cpu().numpy()
+    return top, reordered
 
 
 def sample_negatives(sequences: list[np.ndarray], n_items: int, n: int, seed: int) -> np.ndarray:

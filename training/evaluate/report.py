@@ -2,7 +2,8 @@
 
 ``evaluate_run`` returns flat metric names (``full.recall@10``, ``sampled.hr@10``, ...) overall plus the
 same names per breakdown (``head``/``tail`` by the target's popularity, ``short``/``long`` by history
-length) and, for generative models, ``reranked`` (the beam re-ordered by the dot-product head).
+length) and, for generative models, ``reranked`` and ``fused`` (the beam re-ordered by the dot-product
+head alone, and by the head times the ID likelihood; see ``training.evaluate.ranking``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def evaluate_run(run_dir: Path, split: Literal["valid", "test"] = "test", thread
     histories = data.test_history if split == "test" else data.valid_history
     targets = data.test_target if split == "test" else data.valid_target
 
-    top, reranked = full_ranking_top(
+    top, reordered = full_ranking_top(
         inputs,
         histories,
         k=10,
@@ -75,11 +76,11 @@ def evaluate_run(run_dir: Path, split: Literal["valid", "test"] = "test", thread
     metrics: dict[str, Any] = {"split": split, "users": len(targets), **group_metrics(ranks, s_ranks)}
     for name, members in groups.items():
         metrics[name] = {"users": int(members.sum()), **group_metrics(ranks[members], s_ranks[members])}
-    if reranked is not None:
-        re_ranks = target_ranks(reranked, targets)
-        metrics["reranked"] = group_metrics(re_ranks, None)
+    for ordering, tops in reordered.items():
+        re_ranks = target_ranks(tops, targets)
+        metrics[ordering] = group_metrics(re_ranks, None)
         for name, members in groups.items():
-            metrics["reranked"][name] = group_metrics(re_ranks[members], None)
+            metrics[ordering][name] = group_metrics(re_ranks[members], None)
     return metrics
 
 

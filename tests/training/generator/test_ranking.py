@@ -1,0 +1,45 @@
+"""The beam re-orderings of the evaluation: with a beam that covers the catalogue, ``reranked`` is the
+dot-product head's own ranking and ``fused`` is the brute-force product of the two experts."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from training.evaluate.ranking import RankingInputs, full_ranking_top
+from training.generator.beam import PrefixTrie
+from training.generator.model import GeneratorConfig, SidrecGenerator
+
+from .conftest import CODEBOOK, random_unique_ids
+from .test_beam import exact_scores
+
+N_ITEMS = 30
+
+
+def test_reorderings_match_brute_force_when_the_beam_covers_the_catalogue() -> None:
+    torch.manual_seed(2)
+    config = GeneratorConfig(n_items=N_ITEMS, id_length=4, codebook_size=CODEBOOK, d_model=16, max_len=6)
+    model = SidrecGenerator(config).eval()
+    sids = random_unique_ids(N_ITEMS, seed=5)
+    table = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.from_numpy(sids)])
+    histories = [np.array([2, 7, 0, 19]), np.array([29]), np.array([3, 4, 5, 6, 7, 8])]
+    inputs = RankingInputs(model, table, PrefixTrie(sids, CODEBOOK))
+    top, reordered = full_ranking_top(inputs, histories, k=10, beam=N_ITEMS, rerank=True)
+
+    with torch.no_grad():
+        tokens = torch.zeros(3, 6, dtype=torch.long)
+        for row, history in enumerate(histories):
+            tokens[row, 6 - len(history) :] = torch.from_numpy(history + 1)
+        memory = model.encode(tokens, table[tokens])
+        generative = exact_scores(model, memory, tokens > 0, sids)  # (3, n_items)
+        dot = (model.user_vectors(memory[:, -1]) @ model.item_table(table[1:]).T).log_softmax(-1)
+    expected = {
+        "beam": generative,
+        "reranked": dot,
+        "fused": generative + dot,
+    }
+    assert set(reordered) == {"reranked", "fused"}
+    for name, scores in expected.items():
+        got = top if name == "beam" else reordered[name]
+        want = torch.sort(-scores, dim=1, stable=True).indices[:, :10].numpy()
+        assert np.array_equal(got, want), name
