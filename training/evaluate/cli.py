@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="reuse a run's metrics.json when it already holds this split's evaluation",
     )
+    parser.add_argument(
+        "--beam",
+        type=int,
+        default=None,
+        help="constrained beam width (default: each run's eval.beam); a wider beam gives the re-ranked "
+        "orderings more candidates",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared CPUs)")
 
 
@@ -116,16 +123,19 @@ def _bar_chart(results: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.beam is not None and args.beam < 10:
+        raise ConfigError(f"--beam must be >= 10 to report @10 metrics, got {args.beam}")
     command = "python -m training evaluate " + shlex.join(sys.argv[2:])
     results: dict[str, dict[str, Any]] = {}
     for name, run_dir in _parse_runs(args.runs).items():
         cached = (
             json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
         )
-        if args.cached and cached.get("split") == args.split and "full.recall@10" in cached:
+        same_beam = args.beam is None or cached.get("beam") == args.beam
+        if args.cached and cached.get("split") == args.split and "full.recall@10" in cached and same_beam:
             results[name] = cached
             continue
-        metrics = evaluate_run(run_dir, args.split, threads=args.threads)
+        metrics = evaluate_run(run_dir, args.split, threads=args.threads, beam=args.beam)
         results[name] = update_run_metrics(run_dir, metrics, command)
     print(_table(results))
     if args.results is not None:

@@ -42,10 +42,14 @@ def group_metrics(full_ranks: np.ndarray, sampled: np.ndarray | None) -> dict[st
     return out
 
 
-def evaluate_run(run_dir: Path, split: Literal["valid", "test"] = "test", threads: int = 1) -> dict[str, Any]:
-    """All metrics of the run in ``run_dir`` on ``split`` (the test split only for the final report)."""
+def evaluate_run(
+    run_dir: Path, split: Literal["valid", "test"] = "test", threads: int = 1, beam: int | None = None
+) -> dict[str, Any]:
+    """All metrics of the run in ``run_dir`` on ``split`` (the test split only for the final report),
+    decoding with ``beam`` (default: the run's ``eval.beam``)."""
     torch.set_num_threads(threads)
     model, config, info = load_run(run_dir)
+    beam = beam or config.eval.beam
     dataset = Dataset.load(Path(info["data"]))
     sids = np.load(run_dir / "sids.npy", allow_pickle=False)
     sid_table = torch.from_numpy(np.concatenate([np.zeros((1, sids.shape[1]), np.int64), sids]))
@@ -59,7 +63,7 @@ def evaluate_run(run_dir: Path, split: Literal["valid", "test"] = "test", thread
         inputs,
         histories,
         k=10,
-        beam=config.eval.beam,
+        beam=beam,
         batch_size=config.eval.batch_size,
         rerank=True,
         label=f"full ranking ({split})",
@@ -73,7 +77,12 @@ def evaluate_run(run_dir: Path, split: Literal["valid", "test"] = "test", thread
     tail = dataset.tail_mask[targets]
     short = np.array([len(h) for h in histories]) <= config.eval.short_history
     groups = {"head": ~tail, "tail": tail, "short": short, "long": ~short}
-    metrics: dict[str, Any] = {"split": split, "users": len(targets), **group_metrics(ranks, s_ranks)}
+    metrics: dict[str, Any] = {
+        "split": split,
+        "users": len(targets),
+        "beam": beam,
+        **group_metrics(ranks, s_ranks),
+    }
     for name, members in groups.items():
         metrics[name] = {"users": int(members.sum()), **group_metrics(ranks[members], s_ranks[members])}
     for ordering, tops in reordered.items():

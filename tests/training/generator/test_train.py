@@ -88,6 +88,12 @@ def test_generator_and_evaluate_clis_end_to_end(shop_dirs: tuple[Path, Path], tm
     assert set(table["models"]) == {"sidrec", "sasrec"}
     assert set(table["models"]["sidrec"]["full"]) == {"recall@5", "ndcg@5", "recall@10", "ndcg@10"}
     assert results.with_suffix(".png").stat().st_size > 0
+    assert metrics["beam"] == 20 and set(metrics["fused"]) >= {"full.recall@10", "head", "tail"}
+
+    assert main(["evaluate", "--run", str(run), "--split", "valid", "--beam", "30", "--cached"]) == 0
+    wider = json.loads((run / "metrics.json").read_text())
+    assert wider["beam"] == 30 and wider["split"] == "valid", "a different beam is evaluated, not cached"
+    assert main(["evaluate", "--run", str(run), "--beam", "5"]) == 2  # too narrow for @10: one clear line
 
 
 def test_missing_ids_is_a_clear_error(shop_dirs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
