@@ -4,14 +4,18 @@ How long a request takes is set by the work already in the service ahead of it, 
 micro-batcher's queue: much of a request's time is spent in the history lookup and on the event
 loop, and the model queue stays short until the cores are saturated. So ``AdmissionControl`` counts
 every recommendation *in the service* (admitted and not yet answered) and learns, from the answered
-ones, two moving averages: how long a request takes with nobody ahead of it, and how much each
-request it was admitted behind added to that. The second is well below a request's own time while
-micro-batching answers concurrent requests together, and rises to the full cost of one as the
-service saturates. A new request's expected wait is ``in_service × that added time``; when it
-exceeds ``max_delay_ms`` (the latency budget, ``SIDREC_MAX_QUEUE_DELAY_MS``) or the deadline every
-request carries (``SIDREC_REQUEST_TIMEOUT_MS``), the request is refused before it costs anything
-(``Overloaded`` -> 429 + Retry-After, ``sidrec_rejected_total``), so the ones admitted keep a bounded
-latency.
+ones, how long a request takes with nobody ahead of it, and how much longer it took behind ``n``
+others: a straight line ``a + b·n`` fitted by least squares with exponential forgetting
+(``WaitModel``). The intercept is the batch already running, which a request waits for however few
+are ahead; the slope is what each further request adds, well below a request's own time while
+micro-batching answers concurrent requests together, rising to the full cost of one as the service
+saturates. (A line through the origin, one average "time per request ahead", charges every request
+ahead the intercept that is really paid once: fitted mostly on one or two ahead, it refused
+requests near the rated load expecting 44–73 ms behind 6–10 others.) A new request's expected wait
+is that line at ``in_service``; when it exceeds ``max_delay_ms`` (the latency budget,
+``SIDREC_MAX_QUEUE_DELAY_MS``) or the deadline every request carries (``SIDREC_REQUEST_TIMEOUT_MS``),
+the request is refused before it costs anything (``Overloaded`` -> 429 + Retry-After,
+``sidrec_rejected_total``), so the ones admitted keep a bounded latency.
 
 Requests also wait before the service can count them: once the process is saturated, a request's
 bytes sit in the socket until the event loop gets to them, and shed requests wait there as long as
@@ -36,11 +40,14 @@ from collections.abc import Callable, Iterator
 from service.errors import Overloaded
 from service.metrics import ServiceMetrics
 
-__all__ = ["AdmissionControl"]
+__all__ = ["AdmissionControl", "WaitModel"]
 
 _SMOOTHING = 0.05  # weight of each answered request in the moving averages
 _POLL_S = 0.005  # how often ``pause_over`` looks
 _LAG_PERIOD_S = 0.005  # the event-loop lag timer
+#: variance of ``n`` (requests²) below which the samples are too alike to fit a slope on: a standard
+#: deviation under half a request would turn noise in ``w`` into any slope
+_MIN_SPREAD = 0.25
 _LAG_DECAY = 0.9  # per timer tick: a lag spike counts at once and fades over ~50 ms
 
 
@@ -60,7 +67,7 @@ class AdmissionControl:
         self._metrics = metrics
         self._in_service = 0
         self._alone_s = 0.0  # moving average of a request's time with nobody ahead
-        self._per_ahead_s = 0.0  # moving average of the time each request ahead added to that
+        self._wait = WaitModel()  # what the requests ahead added to that
         self._reloads = 0  # reloads in progress
         self._epoch = 0  # changes when a reload starts and when it ends
         self._in_epoch = 0  # requests in the service admitted in the current epoch
@@ -76,7 +83,7 @@ class AdmissionControl:
     def estimated_wait_s(self) -> float:
         """How long a request admitted now would wait: behind the ones already in the service, and
         for the event loop, which is late by its current lag."""
-        return self._in_service * self._per_ahead_s + self._lag_s
+        return self._wait.expected_s(self._in_service) + self._lag_s
 
     @property
     def loop_lag_s(self) -> float:
@@ -142,7 +149,7 @@ class AdmissionControl:
         if not ahead:
             self._alone_s = _average(self._alone_s, seconds)
         elif self._alone_s:
-            self._per_ahead_s = _average(self._per_ahead_s, max(0.0, seconds - self._alone_s) / ahead)
+            self._wait.learn(ahead, max(0.0, seconds - self._alone_s))
 
     @contextlib.contextmanager
     def reloading(self) -> Iterator[None]:
@@ -168,3 +175,47 @@ class AdmissionControl:
 
 def _average(average: float, sample: float) -> float:
     return sample if not average else (1 - _SMOOTHING) * average + _SMOOTHING * sample
+
+
+class WaitModel:
+    """The extra time ``n >= 1`` requests ahead cost a request: ``a + b·n``, a least-squares line over
+    moving averages of ``n``, ``w``, ``n²`` and ``n·w`` (each answered request weighs ``_SMOOTHING``).
+
+    Until the requests seen ahead vary (``n``'s variance under ``_MIN_SPREAD``) the line goes through
+    the origin: ``w / n`` per request ahead. A slope the noise made negative is taken as flat (more
+    requests ahead never shorten the wait).
+    """
+
+    def __init__(self) -> None:
+        self._n = self._w = self._nn = self._nw = 0.0
+        self._seen = False
+
+    def learn(self, ahead: int, extra_s: float) -> None:
+        """Record that a request admitted behind ``ahead >= 1`` others took ``extra_s`` longer."""
+        sample = (float(ahead), extra_s, float(ahead * ahead), ahead * extra_s)
+        if not self._seen:
+            self._n, self._w, self._nn, self._nw = sample
+            self._seen = True
+            return
+        keep = 1 - _SMOOTHING
+        self._n, self._w, self._nn, self._nw = (
+            keep * old + _SMOOTHING * new
+            for old, new in zip((self._n, self._w, self._nn, self._nw), sample, strict=True)
+        )
+
+    def line(self) -> tuple[float, float]:
+        """(intercept a, slope b) in seconds."""
+        if not self._seen:
+            return 0.0, 0.0
+        spread = self._nn - self._n * self._n
+        if spread < _MIN_SPREAD:
+            return 0.0, self._w / self._n
+        slope = max(0.0, (self._nw - self._n * self._w) / spread)
+        return self._w - slope * self._n, slope
+
+    def expected_s(self, ahead: int) -> float:
+        """Expected extra seconds behind ``ahead`` requests (0 with nobody ahead)."""
+        if ahead <= 0:
+            return 0.0
+        intercept, slope = self.line()
+        return max(0.0, intercept + slope * ahead)

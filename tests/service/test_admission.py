@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from service.admission import AdmissionControl
+from service.admission import AdmissionControl, WaitModel
 from service.errors import Overloaded
 from service.metrics import ServiceMetrics
 from service.schemas import RecommendRequest
@@ -68,6 +68,30 @@ def test_the_budget_refuses_at_once_and_admits_again_once_the_service_drains() -
         clock.now += 0.030
     with control.admit():  # drained: admitted again
         assert control.in_service == 1
+
+
+def test_the_wait_is_a_line_whose_intercept_is_paid_once() -> None:
+    """Micro-batching: one ahead costs the running batch (+30 ms), four ahead only +50 ms. The line
+    through both expects 90 ms behind ten; the old average per request ahead expected 3-4x that."""
+    model = WaitModel()
+    assert model.expected_s(3) == 0.0, "nothing learnt: no wait expected"
+    model.learn(1, 0.030)
+    assert model.expected_s(3) == pytest.approx(0.090), "one n seen: through the origin"
+    for _ in range(200):
+        model.learn(1, 0.030)
+        model.learn(4, 0.050)
+    intercept, slope = model.line()
+    assert intercept == pytest.approx(0.070 / 3, rel=1e-3) and slope == pytest.approx(0.020 / 3, rel=1e-3)
+    assert model.expected_s(10) == pytest.approx(0.090, rel=1e-3)
+    assert model.expected_s(0) == 0.0
+
+    noisy = WaitModel()  # more ahead measured faster: flat at the mean, never negative
+    for _ in range(200):
+        noisy.learn(2, 0.040)
+        noisy.learn(6, 0.020)
+    intercept, slope = noisy.line()
+    assert slope == 0.0 and intercept == pytest.approx(0.030, rel=0.02)  # the (recency-weighted) mean
+    assert noisy.expected_s(50) == intercept
 
 
 def test_without_a_budget_only_the_deadline_refuses() -> None:
