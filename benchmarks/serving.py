@@ -42,6 +42,7 @@ import numpy as np
 from service.batcher import MicroBatcher
 from service.beam_search import log_softmax
 from service.bundle import cpu_limit, load_bundle
+from service.memory import freeze_heap, tune_allocator
 from service.metrics import ServiceMetrics
 from service.recommender import Query, Recommender
 from service.settings import decoding_layout
@@ -110,6 +111,7 @@ def peer_run(recommender: Recommender, histories: list[list[int]], k: int, beam:
     peer = PeerDecoder(recommender)
     for history in histories[:8]:  # warm-up: graph initialisation, allocator
         peer.recommend(history, k, beam)
+    freeze_heap()  # the same heap treatment as the service's path
     latencies, results = [], {}
     started = time.perf_counter()
     for i, history in enumerate(histories):
@@ -243,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for q in queries[:8]:  # warm-up: graph initialisation, allocator
         recommender.recommend([q])
+    tune_allocator()  # as the service does once a bundle is loaded (the peer below runs with it too)
+    freeze_heap()
 
     peer_runs = []
     for peer_threads in sorted({1, cpu_limit()}):

@@ -103,8 +103,8 @@ class ConstrainedBeamSearch:
             logits = decoder.step(prefix, parent).reshape(rows, k_codes)  # (N, K)
             logp = log_softmax(logits.astype(np.float32, copy=False))  # (N, K)
             masking = time.perf_counter()
-            children = self.index.children(depth, states.reshape(rows))  # (N, K)
-            context = StepContext(depth + 1, children, current)
+            children, listed = self.index.expand(depth, states.reshape(rows))  # (N, K), lists or None
+            context = StepContext(depth + 1, children, current, listed)
             logp = apply_processors(logp, context, chain)
             if on_step is not None:
                 now = time.perf_counter()

@@ -35,6 +35,9 @@ class StepContext:
     depth: int  # depth of the child nodes (= number of codes chosen after this step)
     children: np.ndarray  # int32 (N, K) child node ids, -1 where no catalogue item continues the prefix
     beams: int  # rows per request
+    #: the same children as lists where the index has them (``PrefixIndex.expand``): codes and child
+    #: nodes (N, fan) each, short rows repeating their last entry; a few per row instead of ``K``
+    listed: tuple[np.ndarray, np.ndarray] | None = None
 
     @functools.cached_property
     def request(self) -> np.ndarray:
@@ -94,11 +97,15 @@ class ExcludeItems:
     def __call__(self, scores: np.ndarray, context: StepContext) -> np.ndarray:
         if context.depth != self._index.id_length:
             return scores
-        rows, codes = np.nonzero(context.children >= 0)  # (M,) each: the few real leaves, not all N × K
-        items = self._index.items_of_leaves(context.children[rows, codes])  # (M,)
-        banned = self._excluded[rows // context.beams, items]  # (M,): rows are request-major
+        if context.listed is not None:  # (N, fan) leaves per row: no search of the (N, K) table
+            codes, leaves = context.listed
+            rows = np.arange(codes.shape[0])[:, None]  # (N, 1)
+        else:
+            rows, codes = np.nonzero(context.children >= 0)  # (M,) each: the few real leaves, not all N × K
+            leaves = context.children[rows, codes]
+        banned = self._excluded[rows // context.beams, self._index.items_of_leaves(leaves)]
         out = scores.copy()
-        out[rows[banned], codes[banned]] = -np.inf
+        out[np.broadcast_to(rows, codes.shape)[banned], codes[banned]] = -np.inf
         return out
 
 

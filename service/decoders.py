@@ -8,8 +8,9 @@ levels is its own business. Two implementations, bound to the bundle's graphs by
   per beam and the whole prefix is recomputed at every level. Keeps no state.
 * ``IncrementalDecoder``: the fast path (``training/export/cached_step.py``): each request's
   cross-attention keys/values come once from ``generator_cross_kv``, and each level runs only the
-  newest position, reading the earlier positions' self-attention keys/values from the previous
-  level's ``present``, reordered by ``parent`` (as HF ``generate`` reorders ``past_key_values``).
+  newest position, reading the earlier positions' self-attention keys/values from ``past``: the
+  previous level's ``past`` and ``newest``, reordered by ``parent`` (as HF ``generate`` reorders
+  ``past_key_values``) and joined here, in one copy.
 
 Both return the same logits (a parity test holds them to the torch ``step``).
 """
@@ -25,8 +26,8 @@ __all__ = ["Decoder", "IncrementalDecoder", "IncrementalStepFunction", "Referenc
 
 #: ``step(memory (N, T, d) float32, memory_mask (N, T) bool, prefix (N, S) int64) -> logits (N, K)``
 StepFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-#: ``step(cross_kv (B, layers, 2, h, T, dh), memory_mask (B, T), prefix (N, S), past (N, layers, 2, S, d))
-#: -> (logits (N, K), present (N, layers, 2, S+1, d))`` with ``N = B × W`` rows, request-major.
+#: ``step(cross_kv (B, layers, 2, h, T, dh), memory_mask (B, T), prefix (N, S), past (N, S, layers, 2, d))
+#: -> (logits (N, K), newest (N, layers, 2, d))`` with ``N = B × W`` rows, request-major.
 IncrementalStepFunction = Callable[
     [np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]
 ]
@@ -68,13 +69,20 @@ class IncrementalDecoder:
         self._step = step
         self._cross_kv = cross_kv  # (B, layers, 2, h, T, dh)
         self._mask = memory_mask  # (B, T)
-        self._present = np.zeros((batch, layers, 2, 0, heads * head_dim), dtype=np.float32)  # one beam each
+        d = heads * head_dim
+        self._past = np.zeros((batch, 0, layers, 2, d), dtype=np.float32)  # one beam each, no position
+        self._newest = np.zeros((batch, 0, layers, 2, d), dtype=np.float32)  # nothing decoded yet
 
     def step(self, prefix: np.ndarray, parent: np.ndarray) -> np.ndarray:
         batch, width, length = prefix.shape
-        previous = self._present.shape[0] // batch  # beams per request at the previous level
+        previous = self._past.shape[0] // batch  # beams per request at the previous level
         rows = (parent + np.arange(batch)[:, None] * previous).reshape(-1)  # (N,) into the previous rows
-        logits, self._present = self._step(
-            self._cross_kv, self._mask, prefix.reshape(batch * width, length), self._present[rows]
-        )
+        # gathered straight into one new array: a concatenate of two gathers costs several times more
+        past = np.empty(
+            (rows.shape[0], length, *self._past.shape[2:]), dtype=np.float32
+        )  # (N, S, layers, 2, d)
+        np.take(self._past, rows, axis=0, out=past[:, : length - 1], mode="clip")
+        np.take(self._newest, rows, axis=0, out=past[:, length - 1 :], mode="clip")
+        logits, newest = self._step(self._cross_kv, self._mask, prefix.reshape(batch * width, length), past)
+        self._past, self._newest = past, newest[:, None]  # (N, 1, layers, 2, d)
         return logits.reshape(batch, width, -1)

@@ -38,18 +38,21 @@ __all__ = [
     "sha256_file",
 ]
 
-#: 2: the fast path became incremental (``generator_step_incremental``); 1 is still read (see below).
-SCHEMA_VERSION: Final = 2
+#: 2: the fast path became incremental (``generator_step_incremental``); 3: its step returns only the
+#: newest position's keys/values (``newest``) instead of the whole cache (``present``). Older versions
+#: are still read (see below).
+SCHEMA_VERSION: Final = 3
 MANIFEST_FILE = "manifest.json"
 
 #: Graph names every bundle carries (see docs/CONTRACTS.md §4).
 GRAPH_NAMES = ("tokenizer", "tag_heads", "generator_encoder", "generator_step")
 #: The fast path by schema version: all or none of a version's graphs (``generator_step`` stays the
-#: reference). A version-1 bundle's ``generator_step_cached`` is verified like any graph but not used
-#: (this service decodes such a bundle with the reference step graph).
+#: reference). An older bundle's fast path is verified like any graph but not used (this service
+#: decodes such a bundle with the reference step graph).
 FAST_PATH_GRAPH_NAMES = {
     1: ("generator_cross_kv", "generator_step_cached"),
     2: ("generator_cross_kv", "generator_step_incremental"),
+    3: ("generator_cross_kv", "generator_step_incremental"),
 }
 #: Plain files every bundle carries besides the graphs.
 TABLE_NAMES = ("sids", "prefix_index", "tags", "catalogue")
@@ -138,7 +141,7 @@ class DecodingDefaults(_Strict):
 class Manifest(_Strict):
     """Everything the service needs to know about a bundle before trusting it."""
 
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
     bundle_id: str = Field(min_length=1)
     created_at: str
     git_sha: str

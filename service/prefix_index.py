@@ -111,16 +111,24 @@ class PrefixIndex:
         )
 
     def children(self, depth: int, states: np.ndarray) -> np.ndarray:
-        """Child node ids ``(N, K)`` of the depth-``depth`` nodes ``states`` (N,), ``-1`` where none.
+        """Child node ids ``(N, K)`` of the depth-``depth`` nodes ``states`` (N,), ``-1`` where none."""
+        return self.expand(depth, states)[0]
+
+    def expand(
+        self, depth: int, states: np.ndarray
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """``children(depth, states)`` and, at CSR depths, the same children as lists: codes and child
+        nodes ``(N, fan)`` each, short rows repeating their last entry (None at dense depths).
 
         One gather for dense depths; for CSR depths one scatter of every state's padded children.
         """
         if depth < self.dense_levels:
-            return self.dense[depth][states]  # (N, K)
+            return self.dense[depth][states], None  # (N, K)
         codes, child = self.padded[depth - self.dense_levels]
+        listed = codes[states], child[states]  # (N, fan) each
         out = np.full((states.shape[0], self.codebook_size), -1, dtype=np.int32)  # (N, K)
-        out[np.arange(states.shape[0])[:, None], codes[states]] = child[states]
-        return out
+        out[np.arange(states.shape[0])[:, None], listed[0]] = listed[1]
+        return out, listed
 
     def leaf_range(self, depth: int, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """First and one-past-last sorted leaf under each depth-``depth`` node (``nodes`` >= 0)."""

@@ -3,8 +3,9 @@
 ``Recommender`` owns the loaded bundle and runs its graphs the way serving needs them: the encoder
 once per request (``(B, T)`` histories), the decoder graphs over batch × beam inside
 ``ConstrainedBeamSearch`` (``service.decoders``: the incremental fast path when the bundle has it,
-else the reference step graph), and the tag heads once over all returned IDs to explain them. It knows
-nothing of HTTP, queues or Redis, so tests and the benchmark drive it directly.
+else the reference step graph), and the tag heads once over the whole catalogue (and once per
+cold-start item) to explain every item ahead of time. It knows nothing of HTTP, queues or Redis,
+so tests and the benchmark drive it directly.
 
 Cold-start items (``add_item``) are tokenised by ``tokenizer.onnx``, get the smallest free
 disambiguation code under their tuple, and enter a new ``CatalogueSnapshot`` (SID table, prefix
@@ -67,9 +68,16 @@ class CatalogueSnapshot:
     sids: np.ndarray  # int64 (n_items, D)
     index: PrefixIndex
     by_path: dict[tuple[str, ...], np.ndarray]  # category-path prefix (with or without root) -> rows
+    explanations: list[list[TagScore]]  # per row: its tag path read from the tag heads (see ``explain``)
 
     @classmethod
-    def build(cls, sids: np.ndarray, codebook_size: int, paths: list[list[str]]) -> CatalogueSnapshot:
+    def build(
+        cls,
+        sids: np.ndarray,
+        codebook_size: int,
+        paths: list[list[str]],
+        explanations: list[list[TagScore]],
+    ) -> CatalogueSnapshot:
         groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
         for row, path in enumerate(paths):
             keys = {tuple(path[:n]) for n in range(1, len(path) + 1)}
@@ -77,7 +85,7 @@ class CatalogueSnapshot:
             for key in keys:
                 groups[key].append(row)
         by_path = {key: np.array(rows, dtype=np.int64) for key, rows in groups.items()}
-        return cls(sids, PrefixIndex.build(sids, codebook_size), by_path)
+        return cls(sids, PrefixIndex.build(sids, codebook_size), by_path, explanations)
 
     @property
     def n_items(self) -> int:
@@ -98,12 +106,12 @@ class Recommender:
         self.d_model = int(encoder.outputs[0].shape[2])
         self.levels = spec.levels
         self.codebook_size = spec.codebook_size
-        self.snapshot = CatalogueSnapshot.build(
-            bundle.sids, spec.codebook_size, bundle.catalogue.category_paths
-        )
         self.max_filter_depth = bundle.manifest.decoding.max_tag_filter_depth
         # what an explanation shows per level: the last component of the class's path
         self._tag_names = [[name.split(" > ")[-1] for name in level] for level in bundle.tag_levels]
+        self.snapshot = CatalogueSnapshot.build(
+            bundle.sids, spec.codebook_size, bundle.catalogue.category_paths, self.explain(bundle.sids)
+        )
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------ graph calls
@@ -155,11 +163,15 @@ class Recommender:
         self, cross_kv: np.ndarray, memory_mask: np.ndarray, prefix: np.ndarray, past: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         feeds = {"cross_kv": cross_kv, "memory_mask": memory_mask, "prefix": prefix, "past": past}
-        logits, present = self.bundle.sessions["generator_step_incremental"].run(["logits", "present"], feeds)
-        return logits, present  # (N, K), (N, layers, 2, S+1, d)
+        logits, newest = self.bundle.sessions["generator_step_incremental"].run(["logits", "newest"], feeds)
+        return logits, newest  # (N, K), (N, layers, 2, d)
 
     def explain(self, codes: np.ndarray) -> list[list[TagScore]]:
-        """Tag path with per-level confidence for each ID (N, D), read from the tag heads."""
+        """Tag path with per-level confidence for each ID (N, D), read from the tag heads.
+
+        An explanation depends on the ID alone, so it is computed once per catalogue row (when a
+        snapshot is built, for the whole catalogue in one call) and looked up when serving.
+        """
         if codes.shape[0] == 0 or self.bundle.manifest.n_tag_levels == 0:
             return [[] for _ in range(codes.shape[0])]
         probs = self.bundle.sessions["tag_heads"].run(None, {"codes": codes[:, : self.levels]})
@@ -183,7 +195,8 @@ class Recommender:
     def recommend(
         self, queries: list[Query], on_step: Callable[[int, float, float], None] | None = None
     ) -> list[list[Recommendation]]:
-        """Answer a batch of queries with one encoder call, one beam search and one explanation call."""
+        """Answer a batch of queries with one encoder call and one beam search; explanations are
+        looked up per item."""
         snapshot = self.snapshot
         batch = len(queries)
         processors: list[Processor] = []
@@ -208,18 +221,12 @@ class Recommender:
             processors,
             on_step,
         )
-        wanted = [
-            hit for query, request in zip(queries, hits, strict=True) if query.explain for hit in request
-        ]
-        explained = iter(
-            self.explain(
-                np.array([h.codes for h in wanted], dtype=np.int64).reshape(
-                    len(wanted), snapshot.sids.shape[1]
-                )
-            )
-        )
+        explanations = snapshot.explanations
         return [
-            [Recommendation(h.item, h.score, h.codes, next(explained) if q.explain else []) for h in request]
+            [
+                Recommendation(h.item, h.score, h.codes, explanations[h.item] if q.explain else [])
+                for h in request
+            ]
             for q, request in zip(queries, hits, strict=True)
         ]
 
@@ -260,5 +267,8 @@ class Recommender:
                 raise InvalidRequest(f"item_id {item_id!r}: the ID {sid.tolist()} is already taken")
             row = catalogue.append(item_id, title, category_path, tags)
             sids = np.vstack([snapshot.sids, sid[None].astype(np.int64)])  # (n_items + 1, D)
-            self.snapshot = CatalogueSnapshot.build(sids, self.codebook_size, catalogue.category_paths)
+            explanations = [*snapshot.explanations, *self.explain(sids[-1:])]
+            self.snapshot = CatalogueSnapshot.build(
+                sids, self.codebook_size, catalogue.category_paths, explanations
+            )
         return row

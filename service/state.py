@@ -21,6 +21,7 @@ from service.admission import AdmissionControl
 from service.batcher import MicroBatcher
 from service.bundle import LoadedBundle, cpu_limit, load_bundle
 from service.errors import BundleError, InvalidRequest, UnknownItem
+from service.memory import freeze_heap, tune_allocator
 from service.metrics import ServiceMetrics
 from service.recommender import Query, Recommendation, Recommender, TagScore
 from service.schemas import (
@@ -41,20 +42,6 @@ log = logging.getLogger("sidrec.service")
 
 def _tags(scores: list[TagScore]) -> list[TagOut]:
     return [TagOut(tag=t.tag, confidence=t.confidence) for t in scores]
-
-
-def _freeze_heap() -> None:
-    """Collect, then put every object alive now out of the cyclic garbage collector's reach.
-
-    A loaded bundle is ~10^5 long-lived Python objects (catalogue rows, id maps, tag paths), and every
-    full collection walked them all: on the Beauty catalogue a stop of the whole process of ~50 ms,
-    falling on whichever requests were in flight, more often the higher the load. Frozen objects are
-    still freed by reference counting; unfreezing first lets this collection free the cycles of a
-    bundle that a reload replaced.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 @dataclass
@@ -99,7 +86,8 @@ class ServiceState:
             metrics,
         )
         await state._attach(recommender)
-        _freeze_heap()
+        tune_allocator()
+        freeze_heap()
         state.batcher.start()
         state.admission.start()
         log.info(
@@ -181,7 +169,7 @@ class ServiceState:
                 previous, self.recommender = self.bundle.bundle_id, fresh
             await self.admission.pause_over()  # no request holds the replaced bundle any more
             with self.admission.reloading():  # the collection stops the process: the reload's own work
-                _freeze_heap()
+                freeze_heap()
         log.info("reloaded: %s -> %s", previous, fresh.bundle.bundle_id)
         return previous, fresh.bundle.bundle_id
 
@@ -288,15 +276,14 @@ class ServiceState:
         return total, [self._item_info(recommender, row, explain=False) for row in rows]
 
     def _item_info(self, recommender: Recommender, row: int, explain: bool) -> ItemInfo:
-        catalogue = recommender.bundle.catalogue
-        codes = recommender.snapshot.sids[row]
+        catalogue, snapshot = recommender.bundle.catalogue, recommender.snapshot
         return ItemInfo(
             item_id=catalogue.item_ids[row],
             index=row,
             title=catalogue.titles[row],
             category_path=catalogue.category_paths[row],
-            codes=codes.tolist(),
-            tag_path=_tags(recommender.explain(codes[None])[0]) if explain else None,
+            codes=snapshot.sids[row].tolist(),
+            tag_path=_tags(snapshot.explanations[row]) if explain else None,
             cold_start=row >= recommender.bundle.manifest.n_items,
         )
 

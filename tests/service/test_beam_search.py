@@ -95,7 +95,8 @@ def test_matches_reference(seed: int, dense_levels: int, constrained: bool) -> N
 
 def make_incremental_step(k: int, depth: int, seed: int):
     """``make_step`` as an incremental step: the prefix is read back from the cache (``past`` holds the
-    tokens of positions ``0..S-1`` as floats, BOS = -1), only the newest code from ``prefix``, so a
+    tokens of positions ``0..S-1`` as floats, BOS = -1; ``newest`` returns position ``S``'s), only
+    the newest code from ``prefix``, so a
     decoder that gave a beam another beam's cache would get other logits. ``cross_kv`` carries the
     memory's contribution (B, K) as its ``T`` axis."""
     table = toy_table(k, depth, seed)
@@ -103,11 +104,11 @@ def make_incremental_step(k: int, depth: int, seed: int):
     def step(cross_kv, mask, prefix, past):
         rows, s = prefix.shape
         newest = prefix[:, -1:] if s else np.full((rows, 1), -1)  # (N, 1) token at position S
-        tokens = np.concatenate([past[:, 0, 0, :, 0], newest.astype(np.float32)], axis=1)  # (N, S+1)
+        tokens = np.concatenate([past[:, :, 0, 0, 0], newest.astype(np.float32)], axis=1)  # (N, S+1)
         logits = np.repeat(cross_kv[:, 0, 0, 0, :, 0], rows // len(cross_kv), axis=0)  # (N, K)
         for j, codes in enumerate(tokens[:, 1:].astype(np.int64).T):
             logits = logits + table[j, codes]
-        return logits, np.broadcast_to(tokens[:, None, None, :, None], (rows, 1, 2, s + 1, 1))
+        return logits, np.broadcast_to(newest.astype(np.float32).reshape(rows, 1, 1, 1), (rows, 1, 2, 1))
 
     return step
 
@@ -156,6 +157,23 @@ def test_processors_do_not_mutate_input() -> None:
         out = processor(scores, context)
         assert out is not scores
         np.testing.assert_array_equal(scores, before)
+
+
+def test_exclusion_reads_the_listed_children_as_the_table() -> None:
+    """``ExcludeItems`` bans the same codes whether it finds a row's leaves in the (N, K) child table
+    or in the index's per-row lists (``PrefixIndex.expand``, short rows repeating an entry)."""
+    rng = np.random.default_rng(5)
+    sids = random_sids(rng, 300, 8, 3)
+    index = PrefixIndex.build(sids, 8)
+    states = rng.integers(0, len(index.leaf_start[2]) - 1, size=12)  # depth-2 nodes, 4 requests x 3
+    children, listed = index.expand(2, states)
+    assert listed is not None
+    excluded = rng.random((4, len(sids))) > 0.6
+    scores = rng.normal(size=(12, 8)).astype(np.float32)
+    exclude = ExcludeItems(index, excluded)
+    from_lists = exclude(scores, StepContext(3, children, beams=3, listed=listed))
+    np.testing.assert_array_equal(from_lists, exclude(scores, StepContext(3, children, beams=3)))
+    assert np.isneginf(from_lists).any() and np.isfinite(from_lists).any()
 
 
 def test_unsatisfiable_constraint_raises() -> None:

@@ -159,20 +159,20 @@ def export_bundle(inputs: BundleInputs, out: Path) -> Manifest:
         meta,
     )
     gen = inputs.generator.config
-    past = torch.zeros(4, gen.n_decoder_layers, 2, 1, gen.d_model)  # (N, layers, 2, S, d): 2 beams each
+    past = torch.zeros(4, 1, gen.n_decoder_layers, 2, gen.d_model)  # (N, S, layers, 2, d): 2 beams each
     graphs["generator_step_incremental"] = export_graph(
         IncrementalStepGraph(inputs.generator),
         (cross_kv, tokens > 0, sids[torch.arange(4) % n_items, :1], past),
         out / "generator_step_incremental.onnx",
         ["cross_kv", "memory_mask", "prefix", "past"],
-        ["logits", "present"],
+        ["logits", "newest"],
         {
             "cross_kv": {0: "batch", 4: "history"},
             "memory_mask": history,
             "prefix": {0: "rows", 1: "prefix_length"},
-            "past": {0: "rows", 3: "prefix_length"},
+            "past": {0: "rows", 1: "prefix_length"},
             "logits": {0: "rows"},
-            "present": {0: "rows", 3: "prefix_length_plus_1"},
+            "newest": {0: "rows"},
         },
         meta,
     )

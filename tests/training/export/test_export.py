@@ -174,3 +174,21 @@ def test_version_1_bundle_is_served_by_the_reference_step(tiny_run: TinyRun, tmp
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="unknown entries"):
         load_bundle(copy, CPU)
+
+
+def test_version_2_bundle_is_served_by_the_reference_step(tiny_run: TinyRun, tmp_path) -> None:
+    """A schema-2 bundle's incremental step returned the whole cache (``present``), not this
+    service's ``newest``: it loads, its fast path is not used, and it gives the same answers."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_run.bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["schema_version"] = 2
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    old = Recommender(load_bundle(copy, CPU, threads=1))
+    assert not old.kv_cache
+    queries = [Query(history=h, k=5, beam=10) for h in histories(tiny_run, 32)]
+    current = Recommender(load_bundle(tiny_run.bundle, CPU, threads=1))
+    assert current.kv_cache
+    assert [[h.item for h in r] for r in old.recommend(queries)] == [
+        [h.item for h in r] for r in current.recommend(queries)
+    ]
