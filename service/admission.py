@@ -22,6 +22,14 @@ bytes sit in the socket until the event loop gets to them, and shed requests wai
 admitted ones. That wait is the event loop's lag, which ``watch_loop`` measures with a timer (how late
 it fires); it is added to the expected wait, so admission sheds as soon as the loop falls behind.
 
+The line learns only from requests admitted behind others. Once it expects more than the budget
+behind even one request it admits none of those, so nothing could correct it: a line the service
+has outgrown (after an overload, say) would go on refusing about every request that finds another
+in the service (measured: half the requests at the rated load, for the whole 300 s after an
+overload step). So a line that has learnt nothing for ``_STARVED_S`` while in that state is
+forgotten and learnt again from the requests it then admits. Under a real overload the line keeps
+learning from the requests it still admits behind one or more others, so it is never forgotten.
+
 A bundle reload is the service's own work, not demand. While one runs, and until the requests that
 were in the service during it have been answered (the *reload pause*), the latency budget is not
 applied (the deadline, the queue bound and the dropping of expired work still are), and requests
@@ -49,6 +57,8 @@ _LAG_PERIOD_S = 0.005  # the event-loop lag timer
 #: deviation under half a request would turn noise in ``w`` into any slope
 _MIN_SPREAD = 0.25
 _LAG_DECAY = 0.9  # per timer tick: a lag spike counts at once and fades over ~50 ms
+#: how long a line that refuses everyone behind even one request may go without learning (see above)
+_STARVED_S = 1.0
 
 
 class AdmissionControl:
@@ -68,6 +78,7 @@ class AdmissionControl:
         self._in_service = 0
         self._alone_s = 0.0  # moving average of a request's time with nobody ahead
         self._wait = WaitModel()  # what the requests ahead added to that
+        self._learnt_at = clock()  # when ``_wait`` last learnt
         self._reloads = 0  # reloads in progress
         self._epoch = 0  # changes when a reload starts and when it ends
         self._in_epoch = 0  # requests in the service admitted in the current epoch
@@ -117,8 +128,11 @@ class AdmissionControl:
     def refusal(self) -> Overloaded | None:
         """Why a request arriving now would be refused (counted in ``sidrec_rejected_total``), or
         None. Cheap enough to ask before the request's body is read (``service.app.ShedEarly``)."""
-        wait, paused = self.estimated_wait_s, self.reload_pause
+        paused = self.reload_pause
         budget = self.timeout_s if paused else min(self.timeout_s, self.max_delay_s)
+        if self._wait.expected_s(1) + self._lag_s > budget and self._clock() - self._learnt_at > _STARVED_S:
+            self._wait, self._learnt_at = WaitModel(), self._clock()  # starved: see the module docstring
+        wait = self.estimated_wait_s
         if wait <= budget:
             return None
         self._metrics.rejected.inc()
@@ -150,6 +164,7 @@ class AdmissionControl:
             self._alone_s = _average(self._alone_s, seconds)
         elif self._alone_s:
             self._wait.learn(ahead, max(0.0, seconds - self._alone_s))
+            self._learnt_at = self._clock()
 
     @contextlib.contextmanager
     def reloading(self) -> Iterator[None]:

@@ -16,6 +16,7 @@ the snapshot it started with.
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,9 +96,13 @@ class CatalogueSnapshot:
 class Recommender:
     """Batched, constrained, explained recommendation over one loaded bundle."""
 
-    def __init__(self, bundle: LoadedBundle, kv_cache: bool = True) -> None:
-        """``kv_cache``: decode with the bundle's incremental (K/V-cached) graphs when it has them."""
+    def __init__(
+        self, bundle: LoadedBundle, kv_cache: bool = True, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        """``kv_cache``: decode with the bundle's incremental (K/V-cached) graphs when it has them;
+        ``clock``: what ``recommend``'s ``on_step`` durations are read from (``ConstrainedBeamSearch``)."""
         self.bundle = bundle
+        self.clock = clock
         self.kv_cache = kv_cache and bundle.manifest.has_kv_cache
         spec = bundle.manifest.id_spec
         self.history_length = bundle.manifest.decoding.history_length
@@ -214,7 +219,7 @@ class Recommender:
                     excluded[row, query.history] = True
             processors.append(ExcludeItems(snapshot.index, excluded))
         memory, mask = self.encode([q.history for q in queries], snapshot.sids)
-        hits = ConstrainedBeamSearch(snapshot.index).search(
+        hits = ConstrainedBeamSearch(snapshot.index, self.clock).search(
             self.decoder(memory, mask),
             np.array([q.beam for q in queries]),
             np.array([q.k for q in queries]),

@@ -94,6 +94,44 @@ def test_the_wait_is_a_line_whose_intercept_is_paid_once() -> None:
     assert noisy.expected_s(50) == intercept
 
 
+def test_a_line_that_can_no_longer_learn_is_forgotten() -> None:
+    """After an overload taught it 120 ms behind one request, the line refuses everyone behind
+    another, so it never sees that they are quick again; once it has learnt nothing for a second in
+    that state it is forgotten, and the next request behind another is admitted and teaches it."""
+    control, clock = taught(max_delay_ms=50)
+    control.max_delay_s = 1.0  # a budget that let the overload in (as the line rose past 50 ms)
+    for _ in range(100):  # the overload: alone 10 ms, but +120 ms for the one admitted behind it
+        first, second = control.admit(), control.admit()
+        first.__enter__()
+        second.__enter__()
+        clock.now += 0.010
+        first.__exit__(None, None, None)
+        clock.now += 0.120
+        second.__exit__(None, None, None)
+    control.max_delay_s = 0.050
+    with contextlib.ExitStack() as stack:
+        hold(stack, control, 1)
+        assert control.estimated_wait_s == pytest.approx(0.120, rel=0.01)
+        clock.now += 0.9
+        with pytest.raises(Overloaded), control.admit():
+            pytest.fail("forgotten before a second without learning")
+        clock.now += 0.2
+        with control.admit():  # starved for over a second: forgotten, admitted
+            assert control.estimated_wait_s == 0.0
+            clock.now += 0.015  # behind one other it now takes +5 ms
+    with contextlib.ExitStack() as stack:
+        hold(stack, control, 1)
+        assert control.estimated_wait_s == pytest.approx(0.005, rel=0.01)
+
+
+def test_a_line_within_the_budget_is_kept_however_long_it_learns_nothing() -> None:
+    control, clock = taught(max_delay_ms=50)
+    clock.now += 60.0  # a quiet minute: requests only ever alone
+    with contextlib.ExitStack() as stack:
+        hold(stack, control, 1)
+        assert control.estimated_wait_s == pytest.approx(0.030)
+
+
 def test_without_a_budget_only_the_deadline_refuses() -> None:
     control, _ = taught(max_delay_ms=0, timeout_ms=50)
     with contextlib.ExitStack() as stack:
