@@ -31,9 +31,9 @@ LEAK_MARKERS = ("Traceback (most recent call last)", 'File "/', "site-packages",
 #: A 4xx ``detail`` starts with the field (or header, or path) at fault: ``history[0]: ...``.
 FIELD_PREFIX = re.compile(r"^[^\s:][^\s:]*:")
 #: Hostile ids for path parameters and string fields.
-#: percent-encoded characters one query parameter may take: HTTP clients refuse a query over 64 KiB
-#: (httpx raises InvalidURL before sending), and an operation has at most two query parameters
-QUERY_PARAM_CHARS = 30_000
+#: percent-encoded characters one path or query parameter may take: HTTP clients refuse a URL over
+#: 64 KiB (httpx raises InvalidURL before sending), and an operation has at most three such parameters
+URL_PARAM_CHARS = 20_000
 PATHS = ("../../etc/passwd", "/etc/passwd", "..", "%2e%2e%2f", "C:\\Windows\\win.ini", "~root/.ssh/id_rsa")
 
 
@@ -209,10 +209,10 @@ def _header_text() -> st.SearchStrategy[str]:
     )
 
 
-def fit_query(text: str) -> str:
-    """``text`` cut until its percent-encoded form fits ``QUERY_PARAM_CHARS``: a longer query would
-    never leave the client, so it would test nothing on the server (a 20,000-character value fits)."""
-    while len(quote(text, safe="")) > QUERY_PARAM_CHARS:
+def fit_url_param(text: str) -> str:
+    """``text`` cut until its percent-encoded form fits ``URL_PARAM_CHARS``: a longer URL would never
+    leave the client, so it would test nothing on the server (a 20,000-character ASCII value fits)."""
+    while len(quote(text, safe="", errors="surrogatepass")) > URL_PARAM_CHARS:
         text = text[: len(text) // 2]
     return text
 
@@ -241,10 +241,10 @@ def request_strategy(
             value = data(_value(parameter.get("schema", {}), schema, ids, 1))
             text = value if isinstance(value, str) else encode(value)
             if where == "path":
-                text = quote(text, safe="", errors="surrogatepass") or "%20"
+                text = quote(fit_url_param(text), safe="", errors="surrogatepass") or "%20"
                 url = url.replace("{" + name + "}", text)
             elif where == "query" and data(st.integers(0, 3)) > 0:
-                params[name] = fit_query(text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+                params[name] = fit_url_param(text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
         content = None
         if op.body is not None or data(st.integers(0, 9)) == 0:
             body_kind = data(st.integers(0, 19))

@@ -34,6 +34,7 @@ __all__ = ["ENCODER_GROUP", "CatalogueSnapshot", "Query", "Recommendation", "Rec
 
 #: histories per encoder call when a batch is grouped by length (see ``Recommender.encode``)
 ENCODER_GROUP = 16
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -237,12 +238,16 @@ class Recommender:
 
     # ------------------------------------------------------------------------------ cold start
     def tokenize(self, embedding: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """One embedding (E,) -> its L codes and its predicted tag id per level."""
+        """One embedding (E,) of float64 (as the request sent it: checked before the cast to the
+        graph's float32, which would turn a value past its range into infinity) -> its L codes and
+        its predicted tag id per level."""
         expected = self.bundle.manifest.embedding_dim
         if embedding.shape != (expected,):
             raise InvalidRequest(f"embedding: expected {expected} floats, got {embedding.shape[0]}")
         if not np.isfinite(embedding).all():
             raise InvalidRequest("embedding: contains NaN or infinity")
+        if np.abs(embedding).max(initial=0.0) > _FLOAT32_MAX:  # the graph takes float32
+            raise InvalidRequest(f"embedding: values must lie within ±{_FLOAT32_MAX:.4g} (float32)")
         codes, *tag_logits = self.bundle.sessions["tokenizer"].run(
             None, {"embedding": embedding[None].astype(np.float32)}
         )

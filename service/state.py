@@ -297,7 +297,7 @@ class ServiceState:
         recommender = self.recommender
         if item_id in recommender.bundle.catalogue.position:
             raise InvalidRequest(f"item_id: {item_id!r} is already in the catalogue")
-        sid, tags = recommender.assign_id(np.asarray(body.embedding, dtype=np.float32))
+        sid, tags = recommender.assign_id(np.asarray(body.embedding, dtype=np.float64))
         row = recommender.insert_item(item_id, sid, body.title, body.category_path, tags)
         record = {
             "item_id": item_id,

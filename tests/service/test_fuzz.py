@@ -15,7 +15,14 @@ import httpx
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from benchmarks.fuzz import QUERY_PARAM_CHARS, FuzzRequest, fit_query, operations, problems, request_strategy
+from benchmarks.fuzz import (
+    URL_PARAM_CHARS,
+    FuzzRequest,
+    fit_url_param,
+    operations,
+    problems,
+    request_strategy,
+)
 from service.app import create_app
 from tests.service.conftest import API_KEY, RedisTarget, settings_for
 from tests.training.export.tiny_run import TinyRun
@@ -53,12 +60,14 @@ def test_every_endpoint_survives_fuzzing(tiny_run: TinyRun, redis_target: RedisT
     assert seen == {op.name for op in operations(schema)}, "every operation was fuzzed"
 
 
-def test_a_huge_query_value_is_cut_to_what_a_client_can_send() -> None:
-    """Found by a 2,000-request run: two query values of nested 20,000-character JSON made a query over
-    httpx's 64 KiB, and the harness crashed (InvalidURL) instead of sending it."""
+def test_a_huge_url_parameter_is_cut_to_what_a_client_can_send() -> None:
+    """Found by 2,000-request runs: two query values of nested 20,000-character JSON, and later one
+    such path parameter, made a URL over httpx's 64 KiB, and the harness crashed (InvalidURL)
+    instead of sending it."""
     huge = json.dumps({"a": "x" * 20_000, "b": "\udbfc\ude4b" * 5_000, "c": "y" * 20_000})
-    cut = fit_query(huge)
-    assert len(quote(cut, safe="")) <= QUERY_PARAM_CHARS and huge.startswith(cut)
-    assert fit_query("x" * 20_000) == "x" * 20_000  # the usual huge value is sent whole
-    request = httpx.Request("GET", "http://127.0.0.1/items", params={"limit": cut, "offset": cut})
-    assert len(request.url.query) <= 2 * QUERY_PARAM_CHARS + len("limit=&offset=")
+    cut = fit_url_param(huge)
+    assert len(quote(cut, safe="")) <= URL_PARAM_CHARS and huge.startswith(cut)
+    assert fit_url_param("x" * 20_000) == "x" * 20_000  # the usual huge value is sent whole
+    path = "/items/" + quote(cut, safe="")
+    request = httpx.Request("GET", "http://127.0.0.1" + path, params={"limit": cut, "offset": cut})
+    assert len(request.url.raw_path) <= 3 * URL_PARAM_CHARS + len("/items/?limit=&offset=")
