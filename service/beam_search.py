@@ -5,7 +5,10 @@ Semantics are exactly those of docs/CONTRACTS.md §3 (the torch reference is
 ``log_softmax`` over all ``K`` codes, invalid codes become ``-inf`` *after* it, the ``beam × K``
 candidates of a request are ranked by a stable sort on ``-score`` (ties -> lower flat index
 ``beam * K + code``), and ``-inf`` beams are dropped. The whole batch advances together: one step
-call, one trie gather and one sort per level, no Python loop over beams, requests or items. What
+call, one trie gather and one sort per level, no Python loop over beams, requests or items. Where the
+prefix index lists each node's few children (its CSR depths), only those are candidates: ``beam ×
+fan`` instead of ``beam × K``, in the same order (codes ascend within a list), so the ranking is the
+same and the top-k runs over a few hundred candidates per request instead of thousands. What
 runs the generator is a ``service.decoders.Decoder`` (reference step graph or incremental fast path).
 
 Requests in one batch may ask for different beam widths and ``k``: the batch runs with the widest
@@ -95,7 +98,8 @@ class ConstrainedBeamSearch:
         batch = beams.shape[0]
         width = int(beams.max())
         k_codes = self.index.codebook_size
-        chain: list[Processor] = [self._trie, *(processors or [])]
+        extra: list[Processor] = processors or []
+        chain: list[Processor] = [self._trie, *extra]
         scores = np.zeros((batch, 1), dtype=np.float32)  # (B, W_cur): the first level starts from one beam
         states = np.zeros((batch, 1), dtype=np.int64)  # (B, W_cur) trie node ids
         prefix = np.zeros((batch, 1, 0), dtype=np.int64)  # (B, W_cur, S)
@@ -107,20 +111,33 @@ class ConstrainedBeamSearch:
             logits = decoder.step(prefix, parent).reshape(rows, k_codes)  # (N, K)
             logp = log_softmax(logits.astype(np.float32, copy=False))  # (N, K)
             masking = self._clock()
-            children, listed = self.index.expand(depth, states.reshape(rows))  # (N, K), lists or None
-            context = StepContext(depth + 1, children, current, listed)
-            logp = apply_processors(logp, context, chain)
+            context = StepContext(depth + 1, current, self.index, states.reshape(rows))
+            listed = context.listed  # None at dense depths
+            # a listed depth reads only real children: the trie constraint holds without a mask
+            logp = apply_processors(logp, context, extra if listed is not None else chain)
             if on_step is not None:
                 now = self._clock()
                 on_step(depth, masking - started, now - masking)
-            candidates = (scores[:, :, None] + logp.reshape(batch, current, k_codes)).reshape(batch, -1)
+            if listed is None:  # every code a column: (N, K)
+                columns = logp
+            else:  # only each row's children, codes ascending (the contract's tie order): (N, fan)
+                columns = np.take_along_axis(logp, listed[0], axis=1)
+                columns[listed[2]] = -np.inf  # a repeated entry is no candidate
+            fan = columns.shape[1]
+            candidates = (scores[:, :, None] + columns.reshape(batch, current, fan)).reshape(batch, -1)
             keep = min(width, candidates.shape[1])
             order = top_candidates(candidates, keep)  # (B, W)
             scores = np.take_along_axis(candidates, order, axis=1)  # (B, W)
             scores[np.arange(keep)[None, :] >= beams[:, None]] = -np.inf
-            parent, code = order // k_codes, order % k_codes  # (B, W) each
-            flat_parent = parent + (np.arange(batch) * current)[:, None]  # rows into children
-            states = np.maximum(children.reshape(-1)[flat_parent * k_codes + code], 0).astype(np.int64)
+            parent, column = order // fan, order % fan  # (B, W) each
+            flat_parent = parent + (np.arange(batch) * current)[:, None]  # rows of this level
+            if listed is None:
+                code = column
+                children = context.children.reshape(-1)
+                states = np.maximum(children[flat_parent * k_codes + code], 0).astype(np.int64)
+            else:
+                code = listed[0][flat_parent, column]
+                states = listed[1][flat_parent, column].astype(np.int64)
             prefix = np.concatenate(
                 [np.take_along_axis(prefix, parent[:, :, None], axis=1), code[:, :, None]], axis=2
             )

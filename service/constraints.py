@@ -30,19 +30,33 @@ __all__ = ["AllowedItems", "ExcludeItems", "Processor", "StepContext", "TrieCons
 
 @dataclass(frozen=True)
 class StepContext:
-    """What a processor may look at in one decoding step (rows request-major: ``beams`` per request)."""
+    """What a processor may look at in one decoding step (rows request-major: ``beams`` per request).
+
+    The children are built only if asked for: where the index lists each node's few children, the
+    search reads only those and needs no ``(N, K)`` table unless a processor does.
+    """
 
     depth: int  # depth of the child nodes (= number of codes chosen after this step)
-    children: np.ndarray  # int32 (N, K) child node ids, -1 where no catalogue item continues the prefix
     beams: int  # rows per request
-    #: the same children as lists where the index has them (``PrefixIndex.expand``): codes and child
-    #: nodes (N, fan) each, short rows repeating their last entry; a few per row instead of ``K``
-    listed: tuple[np.ndarray, np.ndarray] | None = None
+    index: PrefixIndex
+    states: np.ndarray  # int64 (N,) the rows' nodes at depth ``depth - 1``
+
+    @functools.cached_property
+    def children(self) -> np.ndarray:
+        """int32 (N, K) child node ids, -1 where no catalogue item continues the prefix."""
+        return self.index.children(self.depth - 1, self.states)
+
+    @functools.cached_property
+    def listed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The same children as lists where the index has them (``PrefixIndex.listed``): codes and
+        child nodes (N, fan) each, short rows repeating their last entry, and bool (N, fan) marking
+        the repeats; a few per row instead of ``K``. None where the index has a dense table."""
+        return self.index.listed(self.depth - 1, self.states)
 
     @functools.cached_property
     def request(self) -> np.ndarray:
         """int64 (N,): which request of the batch each row belongs to (built only if asked for)."""
-        return np.arange(self.children.shape[0]) // self.beams
+        return np.arange(self.states.shape[0]) // self.beams
 
 
 class Processor(Protocol):
@@ -98,7 +112,7 @@ class ExcludeItems:
         if context.depth != self._index.id_length:
             return scores
         if context.listed is not None:  # (N, fan) leaves per row: no search of the (N, K) table
-            codes, leaves = context.listed
+            codes, leaves, _ = context.listed  # a repeated leaf is banned twice: harmless
             rows = np.arange(codes.shape[0])[:, None]  # (N, 1)
         else:
             rows, codes = np.nonzero(context.children >= 0)  # (M,) each: the few real leaves, not all N × K

@@ -42,9 +42,10 @@ class PrefixIndex:
     csr_child: list[np.ndarray]  # int32 (nnz_s,) child node ids at depth s + 1
     leaf_start: list[np.ndarray]  # depth s in 0..D: int64 (n_s + 1,) first sorted leaf of each node
     leaf_item: np.ndarray  # int64 (n_items,) item index of the j-th leaf in sorted-ID order
-    padded: list[tuple[np.ndarray, np.ndarray]] = field(init=False, repr=False, compare=False)
-    # per CSR depth: codes int64 (n_s, fan_s) and children int32 (n_s, fan_s), short rows repeating
-    # their last child (built from the CSR arrays, never stored)
+    padded: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(init=False, repr=False, compare=False)
+    # per CSR depth: codes int64 (n_s, fan_s), children int32 (n_s, fan_s), short rows repeating
+    # their last child, and bool (n_s, fan_s) marking those repeats (built from the CSR arrays,
+    # never stored)
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -111,24 +112,24 @@ class PrefixIndex:
         )
 
     def children(self, depth: int, states: np.ndarray) -> np.ndarray:
-        """Child node ids ``(N, K)`` of the depth-``depth`` nodes ``states`` (N,), ``-1`` where none."""
-        return self.expand(depth, states)[0]
-
-    def expand(
-        self, depth: int, states: np.ndarray
-    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-        """``children(depth, states)`` and, at CSR depths, the same children as lists: codes and child
-        nodes ``(N, fan)`` each, short rows repeating their last entry (None at dense depths).
+        """Child node ids ``(N, K)`` of the depth-``depth`` nodes ``states`` (N,), ``-1`` where none.
 
         One gather for dense depths; for CSR depths one scatter of every state's padded children.
         """
-        if depth < self.dense_levels:
-            return self.dense[depth][states], None  # (N, K)
-        codes, child = self.padded[depth - self.dense_levels]
-        listed = codes[states], child[states]  # (N, fan) each
+        listed = self.listed(depth, states)
+        if listed is None:
+            return self.dense[depth][states]  # (N, K)
         out = np.full((states.shape[0], self.codebook_size), -1, dtype=np.int32)  # (N, K)
         out[np.arange(states.shape[0])[:, None], listed[0]] = listed[1]
-        return out, listed
+        return out
+
+    def listed(self, depth: int, states: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """At CSR depths the children of ``states`` (N,) as lists: codes and child nodes ``(N, fan)``
+        each, short rows repeating their last entry, and where they do (bool); None at dense depths."""
+        if depth < self.dense_levels:
+            return None
+        codes, child, repeat = self.padded[depth - self.dense_levels]
+        return codes[states], child[states], repeat[states]  # (N, fan) each
 
     def leaf_range(self, depth: int, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """First and one-past-last sorted leaf under each depth-``depth`` node (``nodes`` >= 0)."""
@@ -182,10 +183,13 @@ class PrefixIndex:
             raise BundleError(f"{path}: not a valid prefix index ({exc})") from exc
 
 
-def _pad(indptr: np.ndarray, codes: np.ndarray, child: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR rows -> (n, fan) codes and children, each short row repeating its last entry."""
+def _pad(
+    indptr: np.ndarray, codes: np.ndarray, child: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR rows -> (n, fan) codes and children, each short row repeating its last entry, and the
+    (n, fan) mask of those repeats."""
     counts = np.diff(indptr)  # (n,) >= 1: every node above the leaves has a child
     fan = int(counts.max(initial=1))
     column = np.minimum(np.arange(fan)[None, :], counts[:, None] - 1)  # (n, fan) last entry repeated
     entries = indptr[:-1, None] + column  # (n, fan) into the CSR arrays
-    return codes[entries], child[entries]
+    return codes[entries], child[entries], np.arange(fan)[None, :] >= counts[:, None]

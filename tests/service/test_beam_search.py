@@ -146,9 +146,9 @@ def test_processors_do_not_mutate_input() -> None:
     index = PrefixIndex.build(sids, 6)
     scores = rng.normal(size=(2, 6)).astype(np.float32)
     before = scores.copy()
-    first = StepContext(1, index.children(0, np.zeros(2, dtype=np.int64)), beams=1)
+    first = StepContext(1, 1, index, np.zeros(2, dtype=np.int64))
     allowed = rng.random((2, len(sids))) > 0.5
-    last = StepContext(3, index.children(2, np.zeros(2, dtype=np.int64)), beams=1)
+    last = StepContext(3, 1, index, np.zeros(2, dtype=np.int64))
     for processor, context in (
         (TrieConstraint(), first),
         (AllowedItems(index, allowed), first),
@@ -160,19 +160,18 @@ def test_processors_do_not_mutate_input() -> None:
 
 
 def test_exclusion_reads_the_listed_children_as_the_table() -> None:
-    """``ExcludeItems`` bans the same codes whether it finds a row's leaves in the (N, K) child table
-    or in the index's per-row lists (``PrefixIndex.expand``, short rows repeating an entry)."""
+    """``ExcludeItems`` bans the same codes whether it finds a row's leaves in the index's per-row
+    lists (a CSR depth; short rows repeat an entry) or in the (N, K) child table (a dense one)."""
     rng = np.random.default_rng(5)
     sids = random_sids(rng, 300, 8, 3)
-    index = PrefixIndex.build(sids, 8)
-    states = rng.integers(0, len(index.leaf_start[2]) - 1, size=12)  # depth-2 nodes, 4 requests x 3
-    children, listed = index.expand(2, states)
-    assert listed is not None
+    listed, dense = PrefixIndex.build(sids, 8), PrefixIndex.build(sids, 8, dense_levels=3)
+    states = rng.integers(0, len(listed.leaf_start[2]) - 1, size=12)  # depth-2 nodes, 4 requests x 3
+    assert listed.listed(2, states) is not None and dense.listed(2, states) is None
     excluded = rng.random((4, len(sids))) > 0.6
     scores = rng.normal(size=(12, 8)).astype(np.float32)
-    exclude = ExcludeItems(index, excluded)
-    from_lists = exclude(scores, StepContext(3, children, beams=3, listed=listed))
-    np.testing.assert_array_equal(from_lists, exclude(scores, StepContext(3, children, beams=3)))
+    from_lists = ExcludeItems(listed, excluded)(scores, StepContext(3, 3, listed, states))
+    from_table = ExcludeItems(dense, excluded)(scores, StepContext(3, 3, dense, states))
+    np.testing.assert_array_equal(from_lists, from_table)
     assert np.isneginf(from_lists).any() and np.isfinite(from_lists).any()
 
 
