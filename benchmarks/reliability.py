@@ -15,7 +15,9 @@ Starts its own ``redis-server`` (append-only, on a free port, in a temporary dir
              when given). A rated step of
              ``--step-seconds`` gives the reference p99.
 3. overload  one open-loop step at ``--overload-factor`` × rated: admitted requests (2xx) and shed
-             ones (429/503 + Retry-After) are timed separately.
+             ones (429/503 + Retry-After) are timed separately, by the client and, for the refusals,
+             by the service itself (its ``sidrec_request_latency_seconds`` histogram: from the request
+             reaching the app to its 429, so the client's own lateness is not in it).
 4. outage    a rated step during which Redis is stopped for ``--outage-seconds`` and started again;
              readiness is polled throughout, and afterwards every accepted event is looked up in Redis.
 5. reload    a rated step with ``POST /admin/reload`` every 2 s, alternating between the two bundles.
@@ -186,6 +188,28 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
         "server_errors": sum(1 for o in outcomes if o.status.startswith("5") and o.status != "503"),
         "status_counts": dict(sorted(statuses.items())),
     }
+
+
+def refusal_buckets(url: str) -> dict[float, float]:
+    """The service's cumulative count of ``POST /recommend`` answered 429, by latency bucket bound (s)."""
+    counts: dict[float, float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("sidrec_request_latency_seconds_bucket{") and all(
+            label in line for label in ('route="/recommend"', 'status="429"')
+        ):
+            bound = line.split('le="')[1].split('"')[0]
+            counts[float(bound)] = float(line.split()[-1])
+    return counts
+
+
+def server_refusal_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The histogram bucket bound (ms) under which 99 % of the refusals between two readings fell: an
+    upper bound on the service's own p99 time to refuse (None if it refused nothing)."""
+    counts = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
+    total = counts.get(math.inf, 0.0)
+    if not total:
+        return None
+    return next(bound * 1000 for bound, count in counts.items() if count >= 0.99 * total)
 
 
 def capacity_ramp(
@@ -513,10 +537,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  rated {rated:g} req/s, p99 {rated_step['admitted_p99_ms']} ms")
 
         log(f"[3/6] overload at {args.overload_factor:g}x rated")
+        before = refusal_buckets(url)
         overload = summarise(load(base, rated * args.overload_factor, args.step_seconds))
+        overload["shed_server_p99_ms_at_most"] = server_refusal_p99_ms(before, refusal_buckets(url))
         log(
-            f"  admitted p99 {overload['admitted_p99_ms']} ms, "
-            f"shed {overload['shed']} (p99 {overload['shed_p99_ms']} ms)"
+            f"  admitted p99 {overload['admitted_p99_ms']} ms, shed {overload['shed']} (p99 "
+            f"{overload['shed_p99_ms']} ms at the client, <= {overload['shed_server_p99_ms_at_most']} "
+            "ms in the service)"
         )
 
         log(f"[4/6] Redis outage of {args.outage_seconds:g} s under the rated load")
@@ -560,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         "overload_p99_ratio": round(ratio, 3),
         "overload_shed_requests": overload["shed"],
         "overload_shed_latency_ms_p99": overload["shed_p99_ms"],
+        "overload_shed_server_ms_p99_at_most": overload["shed_server_p99_ms_at_most"],
         "reload_requests": reload_report["requests"],
         "reload_failed_requests": reload_report["failed_requests"],
         "soak_seconds": args.soak_seconds,
@@ -614,8 +642,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{report['overload_rps']:g} / {report['overload_admitted_p99_ms']} / {ratio:.2f}",
         ),
         (
-            "overload shed requests / shed p99 ms",
-            f"{report['overload_shed_requests']} / {report['overload_shed_latency_ms_p99']}",
+            "overload shed requests / shed p99 ms (client) / in the service",
+            f"{report['overload_shed_requests']} / {report['overload_shed_latency_ms_p99']} / "
+            f"<= {report['overload_shed_server_ms_p99_at_most']}",
         ),
         (
             "reload: reloads / requests / failed",

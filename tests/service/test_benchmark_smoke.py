@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+from benchmarks.reliability import server_refusal_p99_ms
 from benchmarks.serving import main
 from tests.training.export.tiny_run import TinyRun
 
@@ -26,3 +28,12 @@ def test_serving_benchmark_smoke(tiny_run: TinyRun, tmp_path: Path, capsys) -> N
     assert report["command"].startswith("python -m benchmarks.serving --bundle")
     assert [r["identical_topk"] for r in report["service"]] == [24, 24, 24, 24]  # kv-cache and ref-step
     assert report["peer_style"]["rps"] > 0 and "throughput ratio" in capsys.readouterr().out
+
+
+def test_the_services_own_refusal_time_is_read_from_its_histogram() -> None:
+    """Between two readings 200 refusals: 150 within 1 ms, 198 within 5 ms, 200 within 10 ms; the
+    99th (the 198th) fell under 5 ms."""
+    before = {0.001: 10.0, 0.005: 10.0, 0.01: 10.0, math.inf: 10.0}
+    after = {0.001: 160.0, 0.005: 208.0, 0.01: 210.0, math.inf: 210.0}
+    assert server_refusal_p99_ms(before, after) == 5.0
+    assert server_refusal_p99_ms(after, after) is None
