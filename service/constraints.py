@@ -1,9 +1,10 @@
 """Decoding constraints as small composable processors (after transformers' logits processors).
 
 Each processor validates its arguments in ``__init__`` (naming the bad one), and its ``__call__``
-returns *new* scores with invalid codes set to ``-inf``; it never mutates its input. Unlike the
-transformers prefix constraint there is no per-beam Python loop: every processor works on the whole
-``(N, K)`` block of a step (N = batch × beam) through the trie states in ``StepContext``.
+returns *new* scores with invalid codes set to ``-inf`` (or its input itself where it bans nothing);
+it never mutates its input. Unlike the transformers prefix constraint there is no per-beam Python
+loop: every processor works on the whole ``(N, K)`` block of a step (N = batch × beam) through the
+trie states in ``StepContext``.
 
 Per docs/CONTRACTS.md §3 and its torch reference (``training.generator.beam``):
 ``TrieConstraint`` allows only codes under which some catalogue item lies; ``ExcludeItems``
@@ -67,7 +68,7 @@ class TrieConstraint:
     """Only codes that continue the prefix of some catalogue item."""
 
     def __call__(self, scores: np.ndarray, context: StepContext) -> np.ndarray:
-        return np.where(context.children >= 0, scores, scores.dtype.type(-np.inf))
+        return scores + context.index.penalty(context.depth - 1, context.states)
 
 
 class AllowedItems:
@@ -113,13 +114,16 @@ class ExcludeItems:
             return scores
         if context.listed is not None:  # (N, fan) leaves per row: no search of the (N, K) table
             codes, leaves, _ = context.listed  # a repeated leaf is banned twice: harmless
-            rows = np.arange(codes.shape[0])[:, None]  # (N, 1)
+            requests = context.request[:, None]  # (N, 1)
         else:
             rows, codes = np.nonzero(context.children >= 0)  # (M,) each: the few real leaves, not all N × K
-            leaves = context.children[rows, codes]
-        banned = self._excluded[rows // context.beams, self._index.items_of_leaves(leaves)]
+            leaves, requests = context.children[rows, codes], rows // context.beams
+        banned = self._excluded[requests, self._index.items_of_leaves(leaves)]  # like codes
+        if not banned.any():  # the usual case: no history item among the candidates
+            return scores
+        at = np.nonzero(banned)
         out = scores.copy()
-        out[np.broadcast_to(rows, codes.shape)[banned], codes[banned]] = -np.inf
+        out[at[0] if context.listed is not None else rows[at], codes[at]] = -np.inf
         return out
 
 

@@ -46,12 +46,17 @@ class PrefixIndex:
     # per CSR depth: codes int64 (n_s, fan_s), children int32 (n_s, fan_s), short rows repeating
     # their last child, and bool (n_s, fan_s) marking those repeats (built from the CSR arrays,
     # never stored)
+    penalties: list[np.ndarray] = field(init=False, repr=False, compare=False)
+    # per dense depth: float32 (n_s, K), 0 where a child exists and -inf where none (never stored)
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self,
             "padded",
             [_pad(*csr) for csr in zip(self.csr_indptr, self.csr_codes, self.csr_child, strict=True)],
+        )
+        object.__setattr__(
+            self, "penalties", [np.where(table >= 0, 0.0, -np.inf).astype(np.float32) for table in self.dense]
         )
 
     @property
@@ -122,6 +127,13 @@ class PrefixIndex:
         out = np.full((states.shape[0], self.codebook_size), -1, dtype=np.int32)  # (N, K)
         out[np.arange(states.shape[0])[:, None], listed[0]] = listed[1]
         return out
+
+    def penalty(self, depth: int, states: np.ndarray) -> np.ndarray:
+        """float32 ``(N, K)``: 0 for the codes with a child under ``states`` (N,), ``-inf`` for the rest;
+        added to a step's scores it is the trie constraint (one gather at dense depths)."""
+        if depth < self.dense_levels:
+            return self.penalties[depth][states]
+        return np.where(self.children(depth, states) >= 0, 0.0, -np.inf).astype(np.float32)
 
     def listed(self, depth: int, states: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """At CSR depths the children of ``states`` (N,) as lists: codes and child nodes ``(N, fan)``
