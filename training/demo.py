@@ -49,16 +49,17 @@ def _wait_ready(base: str, process: subprocess.Popen[bytes], timeout_s: float = 
     raise SidrecError(f"the service did not become ready within {timeout_s:.0f} s")
 
 
-def _show(answer: dict[str, object], history_titles: list[str]) -> None:
+def _show(answer: dict[str, object], history: list[tuple[str, str]]) -> None:
+    """Print the history (item id, title) and the answer; ids too, since titles repeat in the shop."""
     print("\nhistory (oldest first):")
-    for title in history_titles:
-        print(f"  - {title}")
+    for item_id, title in history:
+        print(f"  - {item_id}  {title}")
     print(f"\nrecommended by bundle {answer['bundle_id']}:")
-    print(f"  {'#':>2}  {'score':>7}  {'title':<38} generated tag path (confidence)")
+    print(f"  {'#':>2}  {'score':>7}  {'item':<9}  {'title':<38} generated tag path (confidence)")
     items: list[dict[str, Any]] = answer["items"]  # type: ignore[assignment]
     for rank, item in enumerate(items, start=1):
         path = " > ".join(f"{step['tag']} ({step['confidence']:.2f})" for step in item["tag_path"])
-        print(f"  {rank:>2}  {item['score']:>7.3f}  {item['title'][:38]:<38} {path}")
+        print(f"  {rank:>2}  {item['score']:>7.3f}  {item['item_id']:<9}  {item['title'][:38]:<38} {path}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         _wait_ready(base, process)
         answer = httpx.post(f"{base}/recommend", json=body, timeout=30.0).json()
-        _show(answer, [dataset.items[i].title for i in dataset.sequences[user][-5:]])
+        _show(
+            answer, [(dataset.items[i].item_id, dataset.items[i].title) for i in dataset.sequences[user][-5:]]
+        )
         curl = f"curl -s -X POST {base}/recommend -H 'content-type: application/json' -d '{json.dumps(body)}'"
         print(f"\ntry it yourself:\n  {curl}\n")
         if args.no_serve:
