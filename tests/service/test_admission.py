@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from service.admission import AdmissionControl, WaitModel
+from service.admission import RELOAD_GRACE_S, AdmissionControl, WaitModel
 from service.errors import Overloaded
 from service.metrics import ServiceMetrics
 from service.schemas import RecommendRequest
@@ -158,6 +158,9 @@ def test_a_reload_pause_suspends_the_budget_and_teaches_nothing() -> None:
         assert control.reload_pause  # the two held from before the reload overlapped it too
     assert not control.reload_pause
     with contextlib.ExitStack() as after:
+        hold(after, control, 2)  # 60 ms expected, but admitted: a new bundle's first batches are slow
+        clock.now += RELOAD_GRACE_S
+    with contextlib.ExitStack() as after:
         hold(after, control, 1)
         assert control.estimated_wait_s == pytest.approx(0.030), "the slow reload taught nothing"
         hold(after, control, 1)
@@ -202,7 +205,10 @@ def test_a_request_arriving_during_a_reload_is_served_where_the_budget_would_ref
                 served = await state.recommend(request)
                 assert served.bundle_id == state.bundle.bundle_id and len(served.items) == 3
             await reload  # it returns once the requests that overlapped it are answered
-            with control.admit(), pytest.raises(Overloaded):  # the pause is over: the budget is back
+            await asyncio.sleep(RELOAD_GRACE_S)
+            with control.admit(), control.admit():  # (a second idle: the line is taught afresh)
+                time.sleep(0.02)
+            with control.admit(), pytest.raises(Overloaded):  # pause and grace over: the budget is back
                 await state.recommend(request)
         finally:
             await state.close()
