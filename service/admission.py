@@ -17,6 +17,16 @@ is that line at ``in_service``; when it exceeds ``max_delay_ms`` (the latency bu
 the request is refused before it costs anything (``Overloaded`` -> 429 + Retry-After,
 ``sidrec_rejected_total``), so the ones admitted keep a bounded latency.
 
+The budget applies only while the service is saturated (``service.saturation``: its decoder or its
+CPUs busy at least ``SATURATED`` of the last quarter second or so, until the level falls below
+``RELIEVED``). Below that, a long expected wait is a burst the service works off within the deadline,
+not an overload, and refusing it fails a request at a load the service carries. The deadline applies
+at any load. Measured on one service core at beam 100 and a 45 ms budget (20-s steps, the request
+mix of benchmarks/reliability.py): at 75 req/s 0, 0 and 0 refused with the gate, 0, 1 and 4 without;
+at 100 req/s 0 and 0 with it, 1 and 5 without; the overload's tail at twice those loads was the same
+either way (the saturation level at the rated load: median 0.62, 90th percentile 0.75; at twice it,
+with the budget shedding, 0.83–0.91).
+
 Requests also wait before the service can count them: once the process is saturated, a request's
 bytes sit in the socket until the event loop gets to them, and shed requests wait there as long as
 admitted ones. That wait is the event loop's lag, which ``watch_loop`` measures with a timer (how late
@@ -50,8 +60,9 @@ from collections.abc import Callable, Iterator
 
 from service.errors import Overloaded
 from service.metrics import ServiceMetrics
+from service.saturation import Saturation
 
-__all__ = ["RELOAD_GRACE_S", "AdmissionControl", "WaitModel"]
+__all__ = ["RELIEVED", "RELOAD_GRACE_S", "SATURATED", "AdmissionControl", "WaitModel"]
 
 _SMOOTHING = 0.05  # weight of each answered request in the moving averages
 _POLL_S = 0.005  # how often ``pause_over`` looks
@@ -64,6 +75,10 @@ _LAG_DECAY = 0.9  # per timer tick: a lag spike counts at once and fades over ~5
 _STARVED_S = 1.0
 #: how long after a reload the budget stays off (see above)
 RELOAD_GRACE_S = 1.0
+#: saturation from which the budget applies, and below which it stops applying again (see above and
+#: ``service.saturation``). The gap is needed: with one threshold, shedding kept the level hovering
+#: at it, and every dip below turned the budget off and let a wave of late requests in
+SATURATED, RELIEVED = 0.8, 0.7
 
 
 class AdmissionControl:
@@ -72,11 +87,15 @@ class AdmissionControl:
         max_delay_ms: float,
         timeout_ms: float,
         metrics: ServiceMetrics,
+        saturation: Saturation | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         """``max_delay_ms``: refuse when the expected wait is longer (0 = only the deadline,
-        ``timeout_ms``); ``clock``: seconds, monotonic (a seam for tests)."""
+        ``timeout_ms``); ``saturation``: the service's (the budget applies only while it is
+        saturated; None = always); ``clock``: seconds, monotonic (a seam for tests)."""
         self._clock = clock
+        self._saturation = saturation
+        self._saturated = saturation is None
         self.max_delay_s = max_delay_ms / 1000 if max_delay_ms > 0 else math.inf
         self.timeout_s = timeout_ms / 1000
         self._metrics = metrics
@@ -136,11 +155,23 @@ class AdmissionControl:
         """The reload pause, or the grace after a reload: the budget is not applied, nothing learnt."""
         return self.reload_pause or self._clock() < self._grace_until
 
+    @property
+    def saturated(self) -> bool:
+        """The decoder or the CPUs have been busy almost without a break (and have not had a real
+        rest since): the budget applies."""
+        if self._saturation is not None:
+            level = self._saturation.level
+            if level >= SATURATED:
+                self._saturated = True
+            elif level < RELIEVED:
+                self._saturated = False
+        return self._saturated
+
     def refusal(self) -> Overloaded | None:
         """Why a request arriving now would be refused (counted in ``sidrec_rejected_total``), or
         None. Cheap enough to ask before the request's body is read (``service.app.ShedEarly``)."""
-        paused = self._budget_off
-        budget = self.timeout_s if paused else min(self.timeout_s, self.max_delay_s)
+        applies = not self._budget_off and self.saturated
+        budget = min(self.timeout_s, self.max_delay_s) if applies else self.timeout_s
         if self._wait.expected_s(1) + self._lag_s > budget and self._clock() - self._learnt_at > _STARVED_S:
             self._wait, self._learnt_at = WaitModel(), self._clock()  # starved: see the module docstring
         wait = self.estimated_wait_s

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from service.errors import DeadlineExceeded, Overloaded, ServiceError
 from service.metrics import ServiceMetrics
 from service.recommender import Query, Recommendation, Recommender
+from service.saturation import Saturation
 
 __all__ = ["MicroBatcher"]
 
@@ -51,10 +52,13 @@ class MicroBatcher:
         queue_size: int,
         metrics: ServiceMetrics,
         workers: int = 1,
+        saturation: Saturation | None = None,
     ) -> None:
-        """``workers``: batches decoding at once (each ``Recommender.recommend`` in its own thread)."""
+        """``workers``: batches decoding at once (each ``Recommender.recommend`` in its own thread);
+        ``saturation``: where the workers' busy time is recorded (``service.saturation``)."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        self.saturation = saturation or Saturation(workers)
         self.max_batch_size = max_batch_size
         self.workers = workers
         self.max_wait_s = max_wait_ms / 1000
@@ -96,18 +100,27 @@ class MicroBatcher:
 
     async def _collect(self) -> list[_Job]:
         batch = [await self._queue.get()]
+        self.saturation.begin()  # busy from here until ``_run_batch`` ends
+        try:
+            await self._fill(batch)
+        except BaseException:  # cancelled while gathering: the batch never runs
+            self.saturation.end()
+            raise
+        return batch
+
+    async def _fill(self, batch: list[_Job]) -> None:
+        """Add waiting requests for up to ``max_wait_ms`` or until the batch is full."""
         deadline = time.perf_counter() + self.max_wait_s
         while len(batch) < self.max_batch_size:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 while len(batch) < self.max_batch_size and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
-                break
+                return
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
-                break
-        return batch
+                return
 
     async def _run(self) -> None:
         while True:
@@ -129,6 +142,7 @@ class MicroBatcher:
             for group in groups.values():
                 await self._run_group(group)
         finally:
+            self.saturation.end()
             self._free.release()
 
     async def _run_group(self, jobs: list[_Job]) -> None:

@@ -64,6 +64,12 @@ class ServiceMetrics:
             "requests dropped before the model because their deadline passed",
             registry=r,
         )
+        self.saturation = Gauge(
+            "sidrec_saturation",
+            "recent share of time the decoder or the CPUs were busy, the larger (admission's budget "
+            "applies near 1)",
+            registry=r,
+        )
         self.cache_hits = Counter(
             "sidrec_cache_hits_total", "recommendations answered from the cache", registry=r
         )

@@ -112,6 +112,7 @@ async def readyz(state: State) -> JSONResponse:
         "bundle_id": state.bundle.bundle_id,
         "queue": state.batcher.depth,
         "in_service": state.admission.in_service,
+        "saturation": round(state.batcher.saturation.level, 3),
     }
     return JSONResponse(body)
 

@@ -59,8 +59,8 @@ class Settings(BaseSettings):
         ge=0,
         le=60_000,
         description="429 when a request's expected wait behind the requests already in the service "
-        "(in service × the time each request ahead has recently added) is longer; 0 = only the queue "
-        "size and the deadline (see service/admission.py)",
+        "(in service × the time each request ahead has recently added) is longer, while the decoder "
+        "is saturated; 0 = only the queue size and the deadline (see service/admission.py)",
     )
     request_timeout_ms: float = Field(
         2000.0,

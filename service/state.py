@@ -24,6 +24,7 @@ from service.errors import BundleError, InvalidRequest, UnknownItem
 from service.memory import freeze_heap, tune_allocator
 from service.metrics import ServiceMetrics
 from service.recommender import Query, Recommendation, Recommender, TagScore
+from service.saturation import Saturation
 from service.schemas import (
     ItemInfo,
     ItemUpsert,
@@ -71,6 +72,9 @@ class ServiceState:
             )
         else:
             store = MemoryStore(settings.history_cap)
+        workers = settings.decoding_layout(cpu_limit())[0]
+        saturation = Saturation(workers, cpus=cpu_limit())
+        metrics.saturation.set_function(lambda: saturation.level)
         state = cls(
             settings,
             recommender,
@@ -80,9 +84,12 @@ class ServiceState:
                 settings.max_wait_ms,
                 settings.queue_size,
                 metrics,
-                workers=settings.decoding_layout(cpu_limit())[0],
+                workers=workers,
+                saturation=saturation,
             ),
-            AdmissionControl(settings.max_queue_delay_ms, settings.request_timeout_ms, metrics),
+            AdmissionControl(
+                settings.max_queue_delay_ms, settings.request_timeout_ms, metrics, saturation=saturation
+            ),
             metrics,
         )
         await state._attach(recommender)

@@ -11,6 +11,7 @@ the histories that recommendations are checked against.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from deploy.loadtest.config import LoadTestConfig
 from training.errors import ConfigError, DataError
@@ -38,17 +39,16 @@ class Catalogue:
     paths: dict[str, tuple[str, ...]]
 
     @classmethod
-    async def fetch(cls, client: httpx.AsyncClient) -> Catalogue:
+    async def fetch(cls, client: aiohttp.ClientSession) -> Catalogue:
         """Page through ``GET /items`` until a short page; a malformed page names the offset."""
         paths: dict[str, tuple[str, ...]] = {}
         offset = 0
         while True:
-            response = await client.get("/items", params={"limit": PAGE_SIZE, "offset": offset})
-            if response.status_code != 200:
-                raise DataError(
-                    f"GET /items?offset={offset}: HTTP {response.status_code}: {response.text[:200]}"
-                )
-            rows = response.json().get("items")
+            async with client.get("/items", params={"limit": PAGE_SIZE, "offset": offset}) as response:
+                text = await response.text()
+            if response.status != 200:
+                raise DataError(f"GET /items?offset={offset}: HTTP {response.status}: {text[:200]}")
+            rows = json.loads(text).get("items")
             if not isinstance(rows, list):
                 raise DataError(f"GET /items?offset={offset}: expected {{'items': [...]}}")
             for row in rows:

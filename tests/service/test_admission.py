@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from service.admission import RELOAD_GRACE_S, AdmissionControl, WaitModel
+from service.admission import RELIEVED, RELOAD_GRACE_S, SATURATED, AdmissionControl, WaitModel
 from service.errors import Overloaded
 from service.metrics import ServiceMetrics
+from service.saturation import WINDOW_S, Saturation
 from service.schemas import RecommendRequest
 from service.state import ServiceState
 from tests.service.conftest import RedisTarget, settings_for
@@ -36,11 +37,17 @@ class FakeClock:
 
 
 def taught(
-    max_delay_ms: float, timeout_ms: float = 2000.0, metrics: ServiceMetrics | None = None
+    max_delay_ms: float,
+    timeout_ms: float = 2000.0,
+    metrics: ServiceMetrics | None = None,
+    saturation: Saturation | None = None,
+    clock: FakeClock | None = None,
 ) -> tuple[AdmissionControl, FakeClock]:
     """A controller that has seen a request take 10 ms alone and 40 ms behind one other (+30 ms)."""
-    clock = FakeClock()
-    control = AdmissionControl(max_delay_ms, timeout_ms, metrics or ServiceMetrics(), clock=clock)
+    clock = clock or FakeClock()
+    control = AdmissionControl(
+        max_delay_ms, timeout_ms, metrics or ServiceMetrics(), saturation=saturation, clock=clock
+    )
     with control.admit():
         clock.now += 0.010
     with control.admit(), control.admit():  # the inner one is admitted behind the outer one
@@ -68,6 +75,34 @@ def test_the_budget_refuses_at_once_and_admits_again_once_the_service_drains() -
         clock.now += 0.030
     with control.admit():  # drained: admitted again
         assert control.in_service == 1
+
+
+def test_the_budget_applies_only_while_the_service_is_saturated() -> None:
+    """A long expected wait while the decoder idles most of the time is a burst: admitted. Once the
+    decoder has been busy without a break the budget refuses, and goes on refusing until the level has
+    fallen below ``RELIEVED``, not merely below ``SATURATED`` (no flapping at one threshold)."""
+    clock = FakeClock()
+    saturation = Saturation(clock=clock, cpu_clock=lambda: 0.0)
+    control, clock = taught(max_delay_ms=50, saturation=saturation, clock=clock)
+    with contextlib.ExitStack() as stack:
+        hold(stack, control, 2)
+        assert control.estimated_wait_s == pytest.approx(0.060)  # over the 50 ms budget
+        with control.admit():  # but the decoder has been idle: a burst, admitted
+            pass
+        saturation.begin()
+        clock.now += 2 * WINDOW_S
+        assert saturation.level >= SATURATED
+        with pytest.raises(Overloaded), control.admit():
+            pytest.fail("admitted past the budget while saturated")
+        saturation.end()
+        clock.now += 0.2 * WINDOW_S  # resting, but not long enough to count as relieved
+        assert RELIEVED <= saturation.level < SATURATED
+        with pytest.raises(Overloaded), control.admit():
+            pytest.fail("the budget stopped at the first dip")
+        clock.now += WINDOW_S
+        assert saturation.level < RELIEVED
+        with control.admit():
+            pass
 
 
 def test_the_wait_is_a_line_whose_intercept_is_paid_once() -> None:
@@ -191,6 +226,9 @@ def test_a_request_arriving_during_a_reload_is_served_where_the_budget_would_ref
         try:
             control = state.admission
             request = RecommendRequest(history=state.bundle.catalogue.item_ids[:3], k=3)
+            state.batcher.saturation.begin()  # as if the decoder had been busy: the budget applies
+            await asyncio.sleep(2 * WINDOW_S)
+            assert control.saturated
             with control.admit():
                 pass
             with control.admit(), control.admit():  # each request ahead adds at least 20 ms
