@@ -19,13 +19,14 @@ the request is refused before it costs anything (``Overloaded`` -> 429 + Retry-A
 
 The budget applies only while the service is saturated (``service.saturation``: its decoder or its
 CPUs busy at least ``SATURATED`` of the last quarter second or so, until the level falls below
-``RELIEVED``). Below that, a long expected wait is a burst the service works off within the deadline,
-not an overload, and refusing it fails a request at a load the service carries. The deadline applies
-at any load. In exploratory runs on one service core at beam 100 and a 45 ms budget (20-s steps of
-the request mix of benchmarks/reliability.py; README "Reliability" has the committed reports): at 75 req/s 0, 0 and 0 refused with the gate, 0, 1 and 4 without;
-at 100 req/s 0 and 0 with it, 1 and 5 without; the overload's tail at twice those loads was the same
-either way (the saturation level at the rated load: median 0.62, 90th percentile 0.75; at twice it,
-with the budget shedding, 0.83–0.91).
+``RELIEVED``). Below that, a long expected wait is a burst the service works off within the
+deadline, not an overload, and refusing it fails a request at a load the service carries. The
+deadline applies at any load. In exploratory runs on one service core at beam 100 and a 45 ms budget
+(20-s steps of the request mix of benchmarks/reliability.py; README "Reliability" has the committed
+reports): at 75 req/s 0, 0 and 0 refused with the gate, 0, 1 and 4 without; at 100 req/s 0 and 0
+with it, 1 and 5 without; the overload's tail at twice those loads was the same either way (the
+saturation level at the rated load: median 0.62, 90th percentile 0.75; at twice it, with the budget
+shedding, 0.83–0.91).
 
 Requests also wait before the service can count them: once the process is saturated, a request's
 bytes sit in the socket until the event loop gets to them, and shed requests wait there as long as

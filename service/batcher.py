@@ -6,6 +6,12 @@ worker thread so the event loop keeps accepting requests meanwhile. Up to ``work
 at once, each in its own thread (``SIDREC_BATCH_WORKERS``; see ``service.settings.decoding_layout``
 for when that pays). A batch is only gathered once a worker is free, so requests wait in the queue,
 not in a thread.
+
+On a single CPU a thread buys no parallelism, only contention: the decoding thread and the event
+loop hand the GIL and the core back and forth, and under load each of them waits for the other.
+There (``in_loop``) the event loop runs the decode itself, one step at a time (the encoder call,
+then each level of the beam search: ``Recommender.recommend_steps``), and between two steps answers
+whatever has arrived, so a request is still refused or read within a step's time, not a batch's.
 Every request carries its own future: a batch that fails is retried one request at a time so each
 caller gets its own result or its own error. A full queue refuses at once (``Overloaded`` -> 429 +
 Retry-After) instead of letting latency grow without bound for everyone already admitted.
@@ -26,13 +32,17 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from service.beam_search import Steps
 from service.errors import DeadlineExceeded, Overloaded, ServiceError
 from service.metrics import ServiceMetrics
 from service.recommender import Query, Recommendation, Recommender
 from service.saturation import Saturation
 
 __all__ = ["MicroBatcher"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,14 +63,17 @@ class MicroBatcher:
         metrics: ServiceMetrics,
         workers: int = 1,
         saturation: Saturation | None = None,
+        in_loop: bool = False,
     ) -> None:
         """``workers``: batches decoding at once (each ``Recommender.recommend`` in its own thread);
-        ``saturation``: where the workers' busy time is recorded (``service.saturation``)."""
+        ``saturation``: where the workers' busy time is recorded (``service.saturation``);
+        ``in_loop``: decode on the event loop, step by step, instead of in threads (see above)."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.saturation = saturation or Saturation(workers)
         self.max_batch_size = max_batch_size
         self.workers = workers
+        self.in_loop = in_loop
         self.max_wait_s = max_wait_ms / 1000
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
         self._metrics = metrics
@@ -161,11 +174,13 @@ class MicroBatcher:
         for job in live:
             self._metrics.queue_wait.observe(started - job.queued_at)
         self._metrics.batch_size.observe(len(live))
-        recommender = live[0].recommender
+        recommender, queries = live[0].recommender, [job.query for job in live]
         try:
-            results = await asyncio.to_thread(
-                recommender.recommend, [job.query for job in live], self._metrics.observe_step
-            )
+            if self.in_loop:
+                steps = recommender.recommend_steps(queries, self._metrics.observe_step)
+                results = await _step_by_step(steps)
+            else:
+                results = await asyncio.to_thread(recommender.recommend, queries, self._metrics.observe_step)
         except ServiceError as exc:
             if len(live) == 1:
                 _fail(live[0], exc)
@@ -180,6 +195,16 @@ class MicroBatcher:
         for job, result in zip(live, results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)
+
+
+async def _step_by_step(steps: Steps[T]) -> T:
+    """Run ``steps`` on the event loop, letting it do whatever is ready between two of them."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        await asyncio.sleep(0)
 
 
 def _fail(job: _Job, exc: BaseException) -> None:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -29,7 +30,21 @@ from service.constraints import Processor, StepContext, TrieConstraint, apply_pr
 from service.decoders import Decoder
 from service.prefix_index import PrefixIndex
 
-__all__ = ["BeamHit", "ConstrainedBeamSearch", "log_softmax", "top_candidates"]
+__all__ = ["BeamHit", "ConstrainedBeamSearch", "Steps", "log_softmax", "run_to_end", "top_candidates"]
+
+T = TypeVar("T")
+#: a computation cut into steps: each ``next`` runs one, and the last returns (``StopIteration``) the
+#: result. The event loop runs a decode this way on a single CPU (``service.batcher``)
+Steps = Generator[None, None, T]
+
+
+def run_to_end(steps: Steps[T]) -> T:
+    """All of ``steps`` at once: the result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 @dataclass(frozen=True)
@@ -87,13 +102,24 @@ class ConstrainedBeamSearch:
         processors: list[Processor] | None = None,
         on_step: Callable[[int, float, float], None] | None = None,
     ) -> list[list[BeamHit]]:
+        """``steps`` run to the end: the hits of every request, best first."""
+        return run_to_end(self.steps(decoder, beams, ks, processors, on_step))
+
+    def steps(
+        self,
+        decoder: Decoder,
+        beams: np.ndarray,
+        ks: np.ndarray,
+        processors: list[Processor] | None = None,
+        on_step: Callable[[int, float, float], None] | None = None,
+    ) -> Steps[list[list[BeamHit]]]:
         """Decode a batch with ``decoder`` (a fresh one per batch), per-request ``beams``/``ks`` (B,).
 
         ``processors`` add request constraints on top of the catalogue trie. ``on_step(depth,
         step_seconds, mask_seconds)`` is told how long each level spent in the decoder and in
         constraint masking (for metrics and the benchmark), on the clock given to ``__init__``: wall
         time by default; the benchmark reads the decoding thread's CPU time, which other threads
-        holding the GIL do not inflate.
+        holding the GIL do not inflate. Yields after each level (see ``Steps``).
         """
         batch = beams.shape[0]
         width = int(beams.max())
@@ -141,6 +167,7 @@ class ConstrainedBeamSearch:
             prefix = np.concatenate(
                 [np.take_along_axis(prefix, parent[:, :, None], axis=1), code[:, :, None]], axis=2
             )
+            yield  # a level done: whoever runs the steps may do other work before the next
         items = self.index.items_of_leaves(states).tolist()  # (B, W) as Python ints, converted once
         totals, ids = scores.tolist(), prefix.tolist()
         return [

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.beam_search import ConstrainedBeamSearch
+from service.beam_search import ConstrainedBeamSearch, Steps, run_to_end
 from service.bundle import LoadedBundle
 from service.constraints import AllowedItems, ExcludeItems, Processor
 from service.decoders import Decoder, IncrementalDecoder, ReferenceDecoder
@@ -203,6 +203,12 @@ class Recommender:
     ) -> list[list[Recommendation]]:
         """Answer a batch of queries with one encoder call and one beam search; explanations are
         looked up per item."""
+        return run_to_end(self.recommend_steps(queries, on_step))
+
+    def recommend_steps(
+        self, queries: list[Query], on_step: Callable[[int, float, float], None] | None = None
+    ) -> Steps[list[list[Recommendation]]]:
+        """``recommend`` in steps: the encoder call, then each level of the beam search."""
         snapshot = self.snapshot
         batch = len(queries)
         processors: list[Processor] = []
@@ -220,7 +226,8 @@ class Recommender:
                     excluded[row, query.history] = True
             processors.append(ExcludeItems(snapshot.index, excluded))
         memory, mask = self.encode([q.history for q in queries], snapshot.sids)
-        hits = ConstrainedBeamSearch(snapshot.index, self.clock).search(
+        yield
+        hits = yield from ConstrainedBeamSearch(snapshot.index, self.clock).steps(
             self.decoder(memory, mask),
             np.array([q.beam for q in queries]),
             np.array([q.k for q in queries]),

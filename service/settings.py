@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         le=64,
         description="micro-batches decoded at once, each in its own thread; 0 = one per 4 CPUs (at least 1)",
     )
+    decode_in_loop: bool | None = Field(
+        None,
+        description="decode on the event loop, step by step, instead of in worker threads; unset = "
+        "when the process may use a single CPU (see service/batcher.py)",
+    )
     max_batch_size: int = Field(32, ge=1, le=1024, description="requests per micro-batch at most")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill up")
     queue_size: int = Field(256, ge=1, le=100_000, description="queued requests before 429")
@@ -96,6 +101,10 @@ class Settings(BaseSettings):
     def decoding_layout(self, cpus: int) -> tuple[int, int]:
         """(batch workers, onnxruntime threads per session) for a process allowed ``cpus`` CPUs."""
         return decoding_layout(cpus, self.batch_workers, self.threads)
+
+    def decodes_in_loop(self, cpus: int) -> bool:
+        """Whether a process allowed ``cpus`` CPUs decodes on its event loop (``decode_in_loop``)."""
+        return cpus == 1 if self.decode_in_loop is None else self.decode_in_loop
 
     @property
     def provider_list(self) -> list[str]:

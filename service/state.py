@@ -86,6 +86,7 @@ class ServiceState:
                 metrics,
                 workers=workers,
                 saturation=saturation,
+                in_loop=settings.decodes_in_loop(cpu_limit()),
             ),
             AdmissionControl(
                 settings.max_queue_delay_ms, settings.request_timeout_ms, metrics, saturation=saturation

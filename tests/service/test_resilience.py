@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.batcher import MicroBatcher
+from service.beam_search import Steps
 from service.bundle import load_bundle
 from service.errors import Overloaded
 from service.metrics import ServiceMetrics
@@ -179,6 +181,64 @@ def test_batch_workers_decode_batches_at_once(tiny_run: TinyRun) -> None:
 
     answers = asyncio.run(two_batches())
     assert [[hit.item for hit in answer] for answer in answers] == alone
+
+
+def test_decoding_on_the_event_loop_answers_as_a_thread_does_and_lets_the_loop_in_between_steps(
+    tiny_run: TinyRun,
+) -> None:
+    recommender = Recommender(load_bundle(tiny_run.bundle, ["CPUExecutionProvider"], threads=1))
+    queries = [Query(history=[1, 2, 3], k=5, beam=20), Query(history=[4, 5], k=3, beam=10)]
+    expected = [[hit.item for hit in answer] for answer in recommender.recommend(queries)]
+    ticks = 0  # how often another task got the event loop
+    seen: list[int] = []  # ``ticks`` at each step of the decode
+    original = recommender.recommend_steps
+
+    def watched(batch: list[Query], on_step: object = None) -> Steps[list]:
+        steps = original(batch)
+        while True:
+            seen.append(ticks)
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+            yield
+
+    recommender.recommend_steps = watched  # type: ignore[method-assign]
+
+    async def decode(in_loop: bool) -> list[list]:
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        batcher = MicroBatcher(
+            max_batch_size=2, max_wait_ms=50, queue_size=8, metrics=ServiceMetrics(), in_loop=in_loop
+        )
+        batcher.start()
+        tick = asyncio.get_running_loop().create_task(ticker())
+        try:
+            return list(await asyncio.gather(*(batcher.submit(recommender, q) for q in queries)))
+        finally:
+            tick.cancel()
+            await batcher.stop()
+
+    for in_loop in (False, True):
+        seen.clear()  # (a thread runs the same steps, through ``recommend``)
+        answers = asyncio.run(decode(in_loop))
+        assert [[hit.item for hit in answer] for answer in answers] == expected
+    levels = recommender.snapshot.index.id_length  # the code levels and the collision suffix
+    assert len(seen) == levels + 2, "the encoder, each level and the end: a step each"
+    assert all(later > earlier for earlier, later in itertools.pairwise(seen)), (
+        f"the event loop ran nothing between two steps of the decode: {seen}"
+    )
+
+
+def test_decoding_runs_on_the_event_loop_by_default_only_on_a_single_cpu(tiny_run: TinyRun) -> None:
+    automatic = settings_for(tiny_run.bundle)
+    assert automatic.decodes_in_loop(1) and not automatic.decodes_in_loop(2)
+    assert settings_for(tiny_run.bundle, decode_in_loop=False).decodes_in_loop(1) is False
+    assert settings_for(tiny_run.bundle, decode_in_loop=True).decodes_in_loop(8) is True
 
 
 def test_batcher_refuses_zero_workers() -> None:
