@@ -9,15 +9,16 @@ Starts its own ``redis-server`` (append-only, on a free port, in a temporary dir
 1. fuzz      ``--fuzz-requests`` requests generated from the service's OpenAPI schema
              (benchmarks/fuzz.py): 0 answers 5xx, none leaks a traceback or a server path, every
              4xx names its field.
-2. capacity  an open-loop ramp (``--ramp`` rates, ``--ramp-seconds`` each, ending when a rate misses
-             twice in a row) finds the *rated* load: the highest rate with p99 <=
-             ``--p99-target-ms`` and no recommendation refused or failed (or ``--rated-rps``
-             when given).
+2. capacity  an open-loop ramp (``--ramp`` rates, ``--ramp-seconds`` runs, two or three per rate,
+             ending at the first rate that misses twice) finds the *rated* load: the highest rate
+             with two runs at p99 <= ``--p99-target-ms`` and no recommendation refused or failed
+             (or ``--rated-rps`` when given).
 3. overload  ``--pairs`` pairs of open-loop steps, ``--step-seconds`` each: one at the rated load,
              one at ``--overload-factor`` × rated. The two p99s are taken over all the steps of
              their kind, interleaved so that a slow spell of the machine falls on both and not on
              one 20-s step that then decides the ratio (a single rated step's p99 read 26–207 ms
-             on the same code here); each pair's own p99s are in the report too. Admitted requests
+             on the same code here); each pair's own p99s are in the report too, with the speed of
+             the service's CPU read just before each step (``cpu_speed_ms``). Admitted requests
              (2xx) and shed ones (429/503 + Retry-After) are timed separately, by the client and,
              for the refusals, by the service itself (its ``sidrec_request_latency_seconds``
              histogram: from the request reaching the app to its 429, so the client's own lateness
@@ -127,6 +128,26 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_speed_ms(cpu: int) -> float:
+    """Median time (ms) of a fixed pure-Python loop on ``cpu``, run from this process for a moment.
+
+    Read on the service's CPU just before each overload-phase step (the service is idle then): the
+    VM's speed drifts by 2-3x over tens of seconds, and a step's p99 cannot be read without it."""
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        times = []
+        for _ in range(7):
+            started = time.perf_counter()
+            total = 0
+            for i in range(100_000):
+                total += i * i
+            times.append(time.perf_counter() - started)
+    finally:
+        os.sched_setaffinity(0, mine)
+    return round(float(np.median(times)) * 1000, 2)
+
+
 def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if values else None
 
@@ -219,20 +240,25 @@ def server_refusal_p99_ms(before: dict[float, float], after: dict[float, float])
 def capacity_ramp(
     base: LoadTestConfig, rates: list[float], seconds: float, p99_target_ms: float
 ) -> list[dict[str, Any]]:
-    """Open-loop steps at rising ``rates`` until a rate misses the target twice in a row: p99 above
+    """Open-loop steps at rising ``rates`` until a rate misses the target: p99 above
     ``p99_target_ms``, or any recommendation refused or failed (the rated load is one the service
-    carries without refusing: the outage and reload phases run at it and must lose nothing). A short
-    step's p99 is its few slowest requests, so one miss may be a hiccup, not the capacity: a missed
-    rate is run once more and passes if the second run meets the target. The first rate is
-    run once untimed before, so the ramp does not start cold. Each run's rate, p99, failures and
-    verdict, in order."""
+    carries without refusing: the outage and reload phases run at it and must lose nothing). A rate
+    passes when two of its runs meet the target before two miss (two or three runs). Two passes,
+    because the rated load is one the service sustains, not one it met once: a short step's p99 is
+    its few slowest requests, and with one pass enough a rate was rated that then refused 1.2 % of a
+    5-minute soak at it (``reliability-in-loop-fixed-budget.json``). One miss is allowed, because on
+    this VM a step at a quarter of the capacity has missed too. The first rate is run once untimed
+    before, so the ramp does not start cold. Each run's rate, p99, failures and verdict, in order
+    (``rated_load`` reads the rated load off them)."""
     load(base, rates[0], seconds)  # warm-up
     steps: list[dict[str, Any]] = []
     for rate in rates:
-        for _attempt in range(2):
+        verdicts: list[bool] = []
+        while verdicts.count(True) < 2 and verdicts.count(False) < 2:
             step = summarise(load(base, rate, seconds))
             p99 = step["admitted_p99_ms"] or math.inf
             within = step["recommend_failed"] == 0 and p99 <= p99_target_ms
+            verdicts.append(within)
             steps.append(
                 {
                     "rate": rate,
@@ -242,11 +268,16 @@ def capacity_ramp(
                 }
             )
             log(f"  ramp {rate:g} req/s: p99 {step['admitted_p99_ms']} ms, failed {step['recommend_failed']}")
-            if within:
-                break
-        else:
+        if verdicts.count(False) == 2:
             return steps
     return steps
+
+
+def rated_load(ramp: list[dict[str, Any]]) -> float | None:
+    """The highest rate of ``capacity_ramp`` with two runs that met the target (None if none)."""
+    rates = sorted({step["rate"] for step in ramp})
+    passed = [r for r in rates if sum(step["within_target"] for step in ramp if step["rate"] == r) >= 2]
+    return passed[-1] if passed else None
 
 
 def load(base: LoadTestConfig, rate: float, seconds: float, **hooks: Any) -> list[Outcome]:
@@ -462,6 +493,12 @@ def main(argv: list[str] | None = None) -> int:
         "one-core client does, and the overload step overloads the service, not the client",
     )
     parser.add_argument(
+        "--decode-in-loop",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="SIDREC_DECODE_IN_LOOP for the service (default auto: in the loop on a single CPU)",
+    )
+    parser.add_argument(
         "--service-cpus",
         type=cpu_list,
         default=None,
@@ -493,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         "SIDREC_MAX_BATCH_SIZE": str(args.max_batch_size),
         "OMP_NUM_THREADS": "1",
     }
+    if args.decode_in_loop != "auto":
+        env["SIDREC_DECODE_IN_LOOP"] = args.decode_in_loop
     service_log = (workdir / "service.log").open("w")
     harness_cpus = sorted(os.sched_getaffinity(0))
     service_cpus = args.service_cpus or harness_cpus[: max(1, len(harness_cpus) // 2)]
@@ -536,10 +575,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         log(f"[2/6] capacity: open-loop ramp to p99 > {args.p99_target_ms:g} ms")
         ramp = [] if args.rated_rps else capacity_ramp(base, args.ramp, args.ramp_seconds, args.p99_target_ms)
-        passed = [step["rate"] for step in ramp if step["within_target"]]
-        if not args.rated_rps and not passed:
+        rated = args.rated_rps or rated_load(ramp)
+        if not rated:
             raise RuntimeError(f"no ramp rate met p99 <= {args.p99_target_ms:g} ms: {ramp}")
-        rated = args.rated_rps or passed[-1]
         log(f"  rated {rated:g} req/s")
 
         log(f"[3/6] {args.pairs} pairs of steps at the rated load and at {args.overload_factor:g}x it")
@@ -548,8 +586,10 @@ def main(argv: list[str] | None = None) -> int:
         refused: dict[float, float] = {}  # the service's 429 latency histogram over the overload steps
         pairs = []
         for _ in range(args.pairs):
+            speed_rated = cpu_speed_ms(service_cpus[0])
             rated_pair = load(base, rated, args.step_seconds)
             before = refusal_buckets(url)
+            speed_overload = cpu_speed_ms(service_cpus[0])
             overload_pair = load(base, rated * args.overload_factor, args.step_seconds)
             for bound, count in refusal_buckets(url).items():
                 refused[bound] = refused.get(bound, 0.0) + count - before.get(bound, 0.0)
@@ -560,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rated_refused": summarise(rated_pair)["recommend_failed"],
                 "overload_p99_ms": summarise(overload_pair)["admitted_p99_ms"],
                 "overload_shed": summarise(overload_pair)["shed"],
+                "service_cpu_speed_ms_before": [speed_rated, speed_overload],
             }
             pairs.append(pair)
             log(f"  pair {len(pairs)}: {pair}")
@@ -638,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
             "overload_factor": args.overload_factor,
             "pairs": args.pairs,
             "beam": args.beam,
+            "decode_in_loop": args.decode_in_loop,
             "service_cpus": service_cpus,
             "load_generator_cpus": harness_cpus,
         },
@@ -672,6 +714,10 @@ def main(argv: list[str] | None = None) -> int:
         (
             "each pair: rated p99 / overload p99 ms",
             ", ".join(f"{pair['rated_p99_ms']} / {pair['overload_p99_ms']}" for pair in overload["pairs"]),
+        ),
+        (
+            "each pair: service CPU speed probe ms before each step",
+            ", ".join(" / ".join(map(str, p["service_cpu_speed_ms_before"])) for p in overload["pairs"]),
         ),
         (
             "overload shed requests / shed p99 ms (client) / in the service",

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from benchmarks.reliability import server_refusal_p99_ms
+from benchmarks.reliability import rated_load, server_refusal_p99_ms
 from benchmarks.serving import main
 from tests.training.export.tiny_run import TinyRun
 
@@ -37,3 +37,13 @@ def test_the_services_own_refusal_time_is_read_from_its_histogram() -> None:
     after = {0.001: 160.0, 0.005: 208.0, 0.01: 210.0, math.inf: 210.0}
     assert server_refusal_p99_ms(before, after) == 5.0
     assert server_refusal_p99_ms(after, after) is None
+
+
+def test_the_rated_load_is_the_highest_rate_that_met_the_target_in_every_run() -> None:
+    def run(rate: float, within: bool) -> dict[str, object]:
+        return {"rate": rate, "p99_ms": 1.0, "failed": 0, "within_target": within}
+
+    ramp = [run(25, False), run(25, True), run(25, True), run(50, True), run(50, True)]
+    ramp += [run(75, True), run(75, False), run(75, False)]
+    assert rated_load(ramp) == 50, "75 met the target once: not a load the service sustains"
+    assert rated_load([run(25, False), run(25, False)]) is None
