@@ -6,28 +6,32 @@
 Starts its own ``redis-server`` (append-only, on a free port, in a temporary directory) and
 ``python -m service`` on the bundle, then runs, in order:
 
-1. fuzz      ``--fuzz-requests`` requests generated from the service's OpenAPI schema
-             (benchmarks/fuzz.py): 0 answers 5xx, none leaks a traceback or a server path, every
-             4xx names its field.
-2. capacity  an open-loop ramp (``--ramp`` rates, ``--ramp-seconds`` runs, two or three per rate,
+1. capacity  an open-loop ramp (``--ramp`` rates, ``--ramp-seconds`` runs, two or three per rate,
              ending at the first rate that misses twice) finds the *rated* load: the highest rate
              with two runs at p99 <= ``--p99-target-ms`` and no recommendation refused or failed
              (or ``--rated-rps`` when given).
-3. overload  ``--pairs`` pairs of open-loop steps, ``--step-seconds`` each: one at the rated load,
+2. overload  ``--pairs`` pairs of open-loop steps, ``--step-seconds`` each: one at the rated load,
              one at ``--overload-factor`` × rated. The two p99s are taken over all the steps of
              their kind, interleaved so that a slow spell of the machine falls on both and not on
-             one 20-s step that then decides the ratio (a single rated step's p99 read 26–207 ms
-             on the same code here); each pair's own p99s are in the report too, with the speed of
+             one step that then decides the ratio (a single 20-s rated step's p99 read 26–207 ms
+             on the same code here). The steps are short (12 pairs of 5 s by default, not 3 of
+             20 s): this VM's speed drifts 2-3x over tens of seconds, so only steps a few seconds
+             apart see the same machine. Each pair's own p99s are in the report too, with the speed of
              the service's CPU read just before each step (``cpu_speed_ms``). Admitted requests
              (2xx) and shed ones (429/503 + Retry-After) are timed separately, by the client and,
              for the refusals, by the service itself (its ``sidrec_request_latency_seconds``
              histogram: from the request reaching the app to its 429, so the client's own lateness
              is not in it).
-4. outage    a rated step during which Redis is stopped for ``--outage-seconds`` and started again;
+3. outage    a rated step during which Redis is stopped for ``--outage-seconds`` and started again;
              readiness is polled throughout, and afterwards every accepted event is looked up in Redis.
-5. reload    a rated step with ``POST /admin/reload`` every 2 s, alternating between the two bundles.
-6. soak      ``--soak-seconds`` at the rated load, sampling the service's RSS every 5 s (PNG beside
+4. reload    a rated step of ``--reload-seconds`` with ``POST /admin/reload`` every 2 s, alternating
+             between the two bundles.
+5. soak      ``--soak-seconds`` at the rated load, sampling the service's RSS every 5 s (PNG beside
              the JSON).
+6. fuzz      ``--fuzz-requests`` requests generated from the service's OpenAPI schema
+             (benchmarks/fuzz.py): 0 answers 5xx, none leaks a traceback or a server path, every
+             4xx names its field. Last, so that what it leaves behind (registered items, reloads,
+             odd users) cannot touch the measured phases.
 
 Load comes from the open-loop harness in deploy/loadtest (every 2xx is checked for correctness).
 The service runs on the first half of the CPUs and the harness on the others (``--service-cpus``):
@@ -475,11 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--overload-factor", type=float, default=2.0)
     parser.add_argument(
-        "--pairs", type=int, default=3, help="interleaved rated/overload step pairs (default: %(default)s)"
+        "--pairs", type=int, default=12, help="interleaved rated/overload step pairs (default: %(default)s)"
     )
     parser.add_argument(
-        "--step-seconds", type=float, default=20.0, help="length of the rated/overload/reload steps"
+        "--step-seconds", type=float, default=5.0, help="length of each rated and overload step"
     )
+    parser.add_argument("--reload-seconds", type=float, default=20.0, help="length of the reload step")
     parser.add_argument("--outage-seconds", type=float, default=10.0)
     parser.add_argument("--soak-seconds", type=float, default=300.0)
     parser.add_argument("--max-queue-delay-ms", type=float, default=200.0, help="SIDREC_MAX_QUEUE_DELAY_MS")
@@ -560,10 +565,6 @@ def main(argv: list[str] | None = None) -> int:
         model = httpx.get(f"{url}/v1/model").json()
         log(f"service {model['bundle_id']} on {url}, redis on port {redis_port}")
 
-        log(f"[1/6] fuzzing {args.fuzz_requests} requests from the OpenAPI schema")
-        report["fuzz"] = fuzz(url, api_key, args.fuzz_requests, (str(bundle), str(REPO), str(workdir)))
-        httpx.post(f"{url}/admin/reload", headers={"X-API-Key": api_key}, timeout=60)  # undo fuzzed reloads
-
         base = LoadTestConfig(
             url=url,
             api_key=api_key,
@@ -573,14 +574,14 @@ def main(argv: list[str] | None = None) -> int:
             p99_target_ms=1e9,  # each phase judges its own steps
             max_concurrency=256,
         )
-        log(f"[2/6] capacity: open-loop ramp to p99 > {args.p99_target_ms:g} ms")
+        log(f"[1/6] capacity: open-loop ramp to p99 > {args.p99_target_ms:g} ms")
         ramp = [] if args.rated_rps else capacity_ramp(base, args.ramp, args.ramp_seconds, args.p99_target_ms)
         rated = args.rated_rps or rated_load(ramp)
         if not rated:
             raise RuntimeError(f"no ramp rate met p99 <= {args.p99_target_ms:g} ms: {ramp}")
         log(f"  rated {rated:g} req/s")
 
-        log(f"[3/6] {args.pairs} pairs of steps at the rated load and at {args.overload_factor:g}x it")
+        log(f"[2/6] {args.pairs} pairs of steps at the rated load and at {args.overload_factor:g}x it")
         rated_outcomes: list[Outcome] = []
         overload_outcomes: list[Outcome] = []
         refused: dict[float, float] = {}  # the service's 429 latency histogram over the overload steps
@@ -614,22 +615,27 @@ def main(argv: list[str] | None = None) -> int:
             f"at the client, <= {overload['shed_server_p99_ms_at_most']} ms in the service)"
         )
 
-        log(f"[4/6] Redis outage of {args.outage_seconds:g} s under the rated load")
+        log(f"[3/6] Redis outage of {args.outage_seconds:g} s under the rated load")
         outage_report = outage(base, rated, redis_port, workdir, args, holder)
         log(
             f"  failed recommend {outage_report['recommend_failed']}, "
             f"events lost {outage_report['events_lost']}"
         )
 
-        log("[5/6] reload under the rated load")
-        reload_report = reload_under_load(base, rated, args.step_seconds, [second.name, bundle.name])
+        log("[4/6] reload under the rated load")
+        reload_report = reload_under_load(base, rated, args.reload_seconds, [second.name, bundle.name])
         log(
             f"  {reload_report['reloads_ok']}/{reload_report['reloads']} reloads, "
             f"failed requests {reload_report['failed_requests']}"
         )
 
-        log(f"[6/6] soak: {args.soak_seconds:g} s at the rated load")
+        log(f"[5/6] soak: {args.soak_seconds:g} s at the rated load")
         soak_report = soak(base, rated, args.soak_seconds, service.pid)
+
+        # last, so that what the fuzzer leaves behind (registered items, reloads, odd users) cannot
+        # slow or change the measured phases
+        log(f"[6/6] fuzzing {args.fuzz_requests} requests from the OpenAPI schema")
+        report["fuzz"] = fuzz(url, api_key, args.fuzz_requests, (str(bundle), str(REPO), str(workdir)))
     finally:
         stop(service)
         stop(holder["redis"])
@@ -678,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
             "rated_rps": args.rated_rps,
             "overload_factor": args.overload_factor,
             "pairs": args.pairs,
+            "step_seconds": args.step_seconds,
+            "reload_seconds": args.reload_seconds,
             "beam": args.beam,
             "decode_in_loop": args.decode_in_loop,
             "service_cpus": service_cpus,
