@@ -30,7 +30,7 @@ test: $(STAMP)  ## run the test suite (real Redis, real ONNX, real HTTP)
 check: $(STAMP)  ## ruff lint + format check + mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy training service
+	$(PY) -m mypy training service deploy benchmarks
 
 format: $(STAMP)  ## apply ruff formatting and safe fixes
 	$(PY) -m ruff check --fix .

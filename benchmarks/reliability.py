@@ -34,9 +34,8 @@ Starts its own ``redis-server`` (append-only, on a free port, in a temporary dir
              odd users) cannot touch the measured phases.
 
 Load comes from the open-loop harness in deploy/loadtest (every 2xx is checked for correctness).
-The service runs on the first half of the CPUs and the harness on the others (``--service-cpus``):
-in production clients sit on other machines, and a client that shares the service's cores starves
-as the service saturates, so its own lateness would be measured as the service's latency.
+The service runs on the first half of the CPUs and the harness on the others (``--service-cpus``;
+why: benchmarks/local_service.py).
 Prints a progress line per phase, a summary table at the end, and writes the JSON with the command.
 """
 
@@ -53,7 +52,6 @@ import platform
 import secrets
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,10 +66,19 @@ import redis
 from hypothesis import HealthCheck, given, settings
 
 from benchmarks.fuzz import FuzzRequest, problems, request_strategy
+from benchmarks.local_service import (
+    REPO,
+    cpu_list,
+    cpu_speed_ms,
+    free_port,
+    split_cpus,
+    start_redis,
+    start_service,
+    stop,
+)
 from deploy.loadtest import LoadTestConfig, run_load_test
 from deploy.loadtest.report import Outcome
 
-REPO = Path(__file__).resolve().parents[1]
 PREFIX = "sidrec"  # the service's default Redis key prefix
 
 
@@ -79,77 +86,11 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_list(text: str) -> list[int]:
-    """``"0"`` or ``"0,1"`` -> CPU numbers that this machine lets the process use; ``"all"`` -> all."""
-    if text == "all":
-        return sorted(os.sched_getaffinity(0))
-    try:
-        cpus = sorted({int(part) for part in text.split(",")})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected CPU numbers like 0 or 0,1, got {text!r}") from None
-    allowed = os.sched_getaffinity(0)
-    if not cpus or not set(cpus) <= allowed:
-        raise argparse.ArgumentTypeError(f"CPUs {text!r} are not among the usable ones {sorted(allowed)}")
-    return cpus
-
-
-def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    """redis-server with an append-only file in ``workdir`` (as compose and k8s run it)."""
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    args += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(workdir)]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    for _ in range(100):
-        with contextlib.suppress(redis.ConnectionError):
-            # the port was free when chosen; another process's server may have taken it since
-            if client.info("server")["process_id"] != process.pid:
-                stop(process)
-                raise RuntimeError(f"port {port} is taken by another redis-server")
-            return process
-        time.sleep(0.05)
-    raise RuntimeError(f"redis-server did not start on port {port}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_speed_ms(cpu: int) -> float:
-    """Median time (ms) of a fixed pure-Python loop on ``cpu``, run from this process for a moment.
-
-    Read on the service's CPU just before each overload-phase step (the service is idle then): the
-    VM's speed drifts by 2-3x over tens of seconds, and a step's p99 cannot be read without it."""
-    mine = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    try:
-        times = []
-        for _ in range(7):
-            started = time.perf_counter()
-            total = 0
-            for i in range(100_000):
-                total += i * i
-            times.append(time.perf_counter() - started)
-    finally:
-        os.sched_setaffinity(0, mine)
-    return round(float(np.median(times)) * 1000, 2)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -176,7 +117,7 @@ def fuzz(url: str, api_key: str, n: int, forbidden: tuple[str, ...]) -> dict[str
                 request.method,
                 request.url,
                 params=request.params,
-                headers=request.headers,
+                headers={name.encode("latin-1"): value for name, value in request.headers.items()},
                 content=request.content,
             )
             count += 1
@@ -250,7 +191,7 @@ def capacity_ramp(
     passes when two of its runs meet the target before two miss (two or three runs). Two passes,
     because the rated load is one the service sustains, not one it met once: a short step's p99 is
     its few slowest requests, and with one pass enough a rate was rated that then refused 1.2 % of a
-    5-minute soak at it (``reliability-in-loop-fixed-budget.json``). One miss is allowed, because on
+    5-minute soak at it (``history/reliability-in-loop-fixed-budget.json``). One miss is allowed, because on
     this VM a step at a quarter of the capacity has missed too. The first rate is run once untimed
     before, so the ramp does not start cold. Each run's rate, p99, failures and verdict, in order
     (``rated_load`` reads the rated load off them)."""
@@ -520,48 +461,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--second-bundle must sit in the same directory as --bundle (the reload root)")
     api_key = secrets.token_hex(16)
     workdir = Path(tempfile.mkdtemp(prefix="sidrec-reliability-"))
-    redis_port, port = free_port(), free_port()
+    redis_port = free_port()
     holder = {"redis": start_redis(redis_port, workdir)}
     env = {
-        **os.environ,
-        "SIDREC_BUNDLE_PATH": str(bundle),
-        "SIDREC_BUNDLE_ROOT": str(bundle.parent),
-        "SIDREC_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "SIDREC_API_KEY": api_key,
-        "SIDREC_PORT": str(port),
-        "SIDREC_HOST": "127.0.0.1",
-        "SIDREC_LOG_LEVEL": "warning",
         "SIDREC_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms),
         "SIDREC_MAX_BATCH_SIZE": str(args.max_batch_size),
-        "OMP_NUM_THREADS": "1",
     }
     if args.decode_in_loop != "auto":
         env["SIDREC_DECODE_IN_LOOP"] = args.decode_in_loop
-    service_log = (workdir / "service.log").open("w")
-    harness_cpus = sorted(os.sched_getaffinity(0))
-    service_cpus = args.service_cpus or harness_cpus[: max(1, len(harness_cpus) // 2)]
-    harness_cpus = [cpu for cpu in harness_cpus if cpu not in service_cpus] or harness_cpus
-    service = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        cwd=REPO,
-        env=env,
-        stdout=service_log,
-        stderr=subprocess.STDOUT,
-        preexec_fn=lambda: os.sched_setaffinity(0, service_cpus),  # before exec: sized threads see it
-    )
-    os.sched_setaffinity(0, harness_cpus)
-    url = f"http://127.0.0.1:{port}"
+    service_cpus, harness_cpus = split_cpus(args.service_cpus)
     report: dict[str, Any] = {"command": command}
+    service: subprocess.Popen[bytes] | None = None
     try:
-        for _ in range(240):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            if service.poll() is not None:
-                raise RuntimeError(
-                    "the service exited during start-up:\n" + (workdir / "service.log").read_text()
-                )
-            time.sleep(0.5)
+        service, url = start_service(bundle, redis_port, api_key, service_cpus, env, workdir / "service.log")
+        os.sched_setaffinity(0, harness_cpus)
         model = httpx.get(f"{url}/v1/model").json()
         log(f"service {model['bundle_id']} on {url}, redis on port {redis_port}")
 
@@ -637,9 +550,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"[6/6] fuzzing {args.fuzz_requests} requests from the OpenAPI schema")
         report["fuzz"] = fuzz(url, api_key, args.fuzz_requests, (str(bundle), str(REPO), str(workdir)))
     finally:
-        stop(service)
+        if service is not None:
+            stop(service)
         stop(holder["redis"])
-        service_log.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
     png = args.out.with_suffix(".png").with_name(args.out.stem + "-rss.png")

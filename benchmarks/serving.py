@@ -161,7 +161,7 @@ async def closed_loop(
             decode_seconds[0] += time.thread_time() - started
         return out
 
-    recommender.recommend = timed  # type: ignore[method-assign]  # the benchmark's own timing seam
+    recommender.recommend = timed  # type: ignore[method-assign,assignment]  # the benchmark's own timing seam
     batcher.start()
     latencies: list[float] = []
     results: dict[int, list[int]] = {}

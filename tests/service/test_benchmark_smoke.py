@@ -1,11 +1,16 @@
-"""``benchmarks/serving.py`` runs end to end on the tiny bundle and both decoders agree on every top-k."""
+"""The benchmarks run end to end on the tiny bundle (``serving``: both decoders agree on every top-k;
+``ab``: two real service processes under the same load), and the pure parts of ``reliability``."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
 
+import pytest
+
+from benchmarks import ab
 from benchmarks.reliability import rated_load, server_refusal_p99_ms
 from benchmarks.serving import main
 from tests.training.export.tiny_run import TinyRun
@@ -47,3 +52,32 @@ def test_the_rated_load_is_the_highest_rate_that_met_the_target_in_every_run() -
     ramp += [run(75, True), run(75, False), run(75, False)]
     assert rated_load(ramp) == 50, "75 met the target once: not a load the service sustains"
     assert rated_load([run(25, False), run(25, False)]) is None
+
+
+def test_ab_benchmark_smoke(tiny_run: TinyRun, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ab.json"
+    args = [
+        "--bundle",
+        str(tiny_run.bundle),
+        "--variant",
+        "defaults",
+        "--variant",
+        "tight=SIDREC_MAX_QUEUE_DELAY_MS=20",
+    ]
+    args += ["--rate", "4", "--rounds", "1", "--step-seconds", "1", "--out", str(out)]
+    assert ab.main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python -m benchmarks.ab --bundle")
+    assert report["variants"]["tight"]["env"] == {"SIDREC_MAX_QUEUE_DELAY_MS": "20"}
+    for result in report["variants"].values():
+        assert result["rated_refused_or_failed"] == 0 and result["rated_p99_ms"] > 0
+        assert len(result["rounds"]) == 1
+    assert "tight" in capsys.readouterr().out
+
+
+def test_an_ab_variant_names_sidrec_settings_only() -> None:
+    assert ab.variant("a=SIDREC_X=1,SIDREC_Y=2") == ("a", {"SIDREC_X": "1", "SIDREC_Y": "2"})
+    assert ab.variant("plain") == ("plain", {})
+    for bad in ("a=PATH=/tmp", "a=SIDREC_X", "=SIDREC_X=1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ab.variant(bad)
