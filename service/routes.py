@@ -140,7 +140,8 @@ async def model_info(state: State) -> dict[str, Any]:
         "decoding": manifest.decoding.model_dump(),
         "batching": {
             "max_batch_size": state.settings.max_batch_size,
-            "max_wait_ms": state.settings.max_wait_ms,
+            "max_wait_ms": state.batcher.max_wait_s * 1000,
+            "decode_in_loop": state.batcher.in_loop,
             "queue_size": state.settings.queue_size,
             "max_queue_delay_ms": state.settings.max_queue_delay_ms,
             "batch_workers": state.batcher.workers,

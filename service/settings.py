@@ -57,7 +57,13 @@ class Settings(BaseSettings):
         "when the process may use a single CPU (see service/batcher.py)",
     )
     max_batch_size: int = Field(32, ge=1, le=1024, description="requests per micro-batch at most")
-    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill up")
+    max_wait_ms: float | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="how long a batch waits to fill up; unset = 2 ms with decoding threads, none when "
+        "the event loop decodes (see service/batcher.py)",
+    )
     queue_size: int = Field(256, ge=1, le=100_000, description="queued requests before 429")
     max_queue_delay_ms: float = Field(
         0.0,
@@ -105,6 +111,12 @@ class Settings(BaseSettings):
     def decodes_in_loop(self, cpus: int) -> bool:
         """Whether a process allowed ``cpus`` CPUs decodes on its event loop (``decode_in_loop``)."""
         return cpus == 1 if self.decode_in_loop is None else self.decode_in_loop
+
+    def batch_wait_ms(self, in_loop: bool) -> float:
+        """How long a batch waits to fill up: ``max_wait_ms``, or its default for the decoding mode."""
+        if self.max_wait_ms is not None:
+            return self.max_wait_ms
+        return 0.0 if in_loop else 2.0
 
     @property
     def provider_list(self) -> list[str]:

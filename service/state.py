@@ -75,18 +75,19 @@ class ServiceState:
         workers = settings.decoding_layout(cpu_limit())[0]
         saturation = Saturation(workers, cpus=cpu_limit())
         metrics.saturation.set_function(lambda: saturation.level)
+        in_loop = settings.decodes_in_loop(cpu_limit())
         state = cls(
             settings,
             recommender,
             store,
             MicroBatcher(
                 settings.max_batch_size,
-                settings.max_wait_ms,
+                settings.batch_wait_ms(in_loop),
                 settings.queue_size,
                 metrics,
                 workers=workers,
                 saturation=saturation,
-                in_loop=settings.decodes_in_loop(cpu_limit()),
+                in_loop=in_loop,
             ),
             AdmissionControl(
                 settings.max_queue_delay_ms, settings.request_timeout_ms, metrics, saturation=saturation

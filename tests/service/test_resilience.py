@@ -235,10 +235,13 @@ def test_decoding_on_the_event_loop_answers_as_a_thread_does_and_lets_the_loop_i
 
 
 def test_decoding_runs_on_the_event_loop_by_default_only_on_a_single_cpu(tiny_run: TinyRun) -> None:
-    automatic = settings_for(tiny_run.bundle)
+    """And there a batch does not wait to fill up, unless ``max_wait_ms`` is set."""
+    automatic = settings_for(tiny_run.bundle, max_wait_ms=None)
     assert automatic.decodes_in_loop(1) and not automatic.decodes_in_loop(2)
     assert settings_for(tiny_run.bundle, decode_in_loop=False).decodes_in_loop(1) is False
     assert settings_for(tiny_run.bundle, decode_in_loop=True).decodes_in_loop(8) is True
+    assert automatic.batch_wait_ms(in_loop=True) == 0.0 and automatic.batch_wait_ms(in_loop=False) == 2.0
+    assert settings_for(tiny_run.bundle, max_wait_ms=5).batch_wait_ms(in_loop=True) == 5
 
 
 def test_batcher_refuses_zero_workers() -> None:
