@@ -79,8 +79,13 @@ class Settings(BaseSettings):
         le=600_000,
         description="deadline of every request; expired work never reaches the model",
     )
+    spool_dir: Path | None = Field(
+        None,
+        description="folder where events accepted while Redis is down are fsynced before the 2xx and "
+        "kept until Redis has them (service/spool.py); unset = such events are refused with 503",
+    )
     event_buffer_size: int = Field(
-        10_000, ge=1, le=10_000_000, description="events buffered while Redis is down; beyond, 503"
+        10_000, ge=1, le=10_000_000, description="events spooled while Redis is down; beyond, 503"
     )
     history_mirror_users: int = Field(
         10_000, ge=0, le=10_000_000, description="histories kept in memory to serve users while Redis is down"

@@ -69,6 +69,7 @@ class ServiceState:
                 metrics,
                 buffer_size=settings.event_buffer_size,
                 mirror_users=settings.history_mirror_users,
+                spool_dir=settings.spool_dir,
             )
         else:
             store = MemoryStore(settings.history_cap)

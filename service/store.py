@@ -17,11 +17,13 @@ says ``degraded``) and a background task reconnects with exponential backoff and
 
 - histories are read from a bounded LRU *mirror* of the histories last read or written (exact: every
   append reads the list back in the same transaction), so ``user_id`` requests keep being answered;
-- accepted events go to a bounded, ordered *buffer* (``sidrec_event_buffer_events``) as well as the
-  mirror, and are written to Redis, oldest first, before the store reports ``ok`` again. When the
-  buffer is full an event is refused with ``StoreUnavailable`` (503 + Retry-After) so the caller can
-  retry: an event is either written, buffered, or refused, never accepted and dropped. Delivery is
-  at least once: an append whose reply was lost (timeout) is buffered and may be written twice.
+- accepted events go to the *spool* (``service.spool``: fsynced to a file in ``SIDREC_SPOOL_DIR``
+  before the 2xx, bounded, ordered; ``sidrec_event_buffer_events``) as well as the mirror, and are
+  written to Redis, oldest first, before the store reports ``ok`` again, by this process or, if it
+  stopped first, by the next one to start on the folder. Without a spool folder, or when the spool is
+  full, an event is refused with ``StoreUnavailable`` (503 + Retry-After) so the caller can retry: an
+  event is either in Redis, on disk, or refused, never acknowledged and dropped. Delivery is at least
+  once: an append whose reply was lost (timeout) is spooled and may be written twice.
 
 Operations use short socket timeouts so a dead Redis costs a request milliseconds, not seconds.
 """
@@ -37,6 +39,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
@@ -44,6 +47,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from service.errors import StoreUnavailable
 from service.metrics import ServiceMetrics
+from service.spool import EventSpool
 
 __all__ = ["Backoff", "MemoryStore", "RedisStore", "Store"]
 
@@ -130,7 +134,7 @@ class Backoff:
 
 
 class RedisStore:
-    """Redis-backed store that degrades to memory, buffers events while down, and reconnects by itself."""
+    """Redis-backed store that degrades to memory, spools events while down, and reconnects by itself."""
 
     def __init__(
         self,
@@ -142,7 +146,10 @@ class RedisStore:
         buffer_size: int = 10_000,
         mirror_users: int = 10_000,
         backoff: Backoff = Backoff(),
+        spool_dir: Path | None = None,
     ) -> None:
+        """``spool_dir``: where events accepted while Redis is down are kept (``service.spool``);
+        None refuses them instead. ``buffer_size``: events the spool holds at most."""
         self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         # The bundle's tables are megabytes: a short per-request timeout would fail their upload on a
         # busy machine forever, so they go through a client of their own with a generous one.
@@ -154,9 +161,8 @@ class RedisStore:
         self._up = False
         self._reconnect: asyncio.Task[None] | None = None
         self._pending: tuple[str, dict[str, bytes]] | None = None
-        self._buffer: deque[tuple[str, list[str]]] = deque()  # (user_id, items) not yet in Redis
-        self._buffered = 0  # events in the buffer
-        self._buffer_size = buffer_size
+        self._spool = EventSpool(spool_dir, buffer_size)  # events accepted, not yet in Redis
+        metrics.event_buffer.set(self._spool.size)
         self._cold: dict[tuple[str, str], dict[str, Any]] = {}  # cold items registered while down
         self._mirror: OrderedDict[str, list[str]] = OrderedDict()  # LRU of known histories
         self._mirror_users = mirror_users
@@ -169,7 +175,7 @@ class RedisStore:
 
     @property
     def buffered_events(self) -> int:
-        return self._buffered
+        return self._spool.size
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._prefix, *parts))
@@ -217,12 +223,12 @@ class RedisStore:
         for (bundle_id, item_id), row in list(self._cold.items()):
             await self._redis.hset(self._key("bundle", bundle_id, "cold_items"), item_id, json.dumps(row))
             del self._cold[(bundle_id, item_id)]
-        while self._buffer:  # events appended during a write are picked up by the next round
-            user_id, items = self._buffer[0]
+        pending = self._spool.pending
+        while pending:  # events spooled during a write are picked up by the next round
+            user_id, items = pending[0]
             await self._write_history(user_id, items)
-            self._buffer.popleft()
-            self._buffered -= len(items)
-            self._metrics.event_buffer.set(self._buffered)
+            self._spool.written()
+            self._metrics.event_buffer.set(self._spool.size)
             self._metrics.events_flushed.inc(len(items))
 
     async def _call(self, operation: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]) -> T:
@@ -248,11 +254,13 @@ class RedisStore:
         self._pending = None
 
     async def start(self, bundle_id: str, tables: dict[str, bytes]) -> None:
-        """Publish the bundle's tables under its id; if Redis is down, publish once it is back."""
+        """Publish the bundle's tables under its id and write what the spool holds from an earlier
+        run; if Redis is down, both happen once it is back."""
         self._pending = (bundle_id, tables)
         try:
             await self._redis.ping()
             await self._publish(bundle_id, tables)
+            await self._flush()
         except (RedisError, OSError) as exc:
             self._down(exc)
             return
@@ -290,27 +298,23 @@ class RedisStore:
         return history
 
     async def append(self, user_id: str, item_ids: list[str]) -> int:
-        """Write the events, or buffer them while Redis is down; refuse (503) when the buffer is full."""
+        """Write the events, or spool them while Redis is down; refuse (503) without a spool or when full."""
 
         async def write() -> int:
             return len(await self._write_history(user_id, item_ids))
 
-        async def buffer() -> int:
-            if self._buffered + len(item_ids) > self._buffer_size:
+        async def spool() -> int:
+            try:
+                await self._spool.add(user_id, item_ids)
+            except StoreUnavailable:
                 self._metrics.events_refused.inc(len(item_ids))
-                raise StoreUnavailable(
-                    f"events: the history store is down and {self._buffered} events are already "
-                    f"buffered (SIDREC_EVENT_BUFFER_SIZE={self._buffer_size}); retry later",
-                    retry_after=2.0,
-                )
-            self._buffer.append((user_id, list(item_ids)))
-            self._buffered += len(item_ids)
-            self._metrics.event_buffer.set(self._buffered)
+                raise
+            self._metrics.event_buffer.set(self._spool.size)
             history = [*self._mirror.get(user_id, []), *item_ids]
             self._remember(user_id, history)
             return len(history[-self._cap :])
 
-        return await self._call(write, buffer)
+        return await self._call(write, spool)
 
     async def cold_items(self, bundle_id: str) -> list[dict[str, Any]]:
         async def read() -> list[dict[str, Any]]:
@@ -349,5 +353,6 @@ class RedisStore:
             self._reconnect.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reconnect
+        await self._spool.close()
         await self._redis.aclose()
         await self._bulk.aclose()

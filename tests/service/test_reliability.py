@@ -70,7 +70,11 @@ def test_outage_buffers_events_serves_from_memory_and_flushes_in_order(
     port = free_port()
     server = start_redis_server(port, tmp_path, persistent=True)
     settings = settings_for(
-        tiny_run.bundle, redis_url=f"redis://127.0.0.1:{port}/0", redis_key_prefix="t", event_buffer_size=6
+        tiny_run.bundle,
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        redis_key_prefix="t",
+        event_buffer_size=6,
+        spool_dir=tmp_path / "spool",
     )
     try:
         with TestClient(create_app(settings)) as client:
@@ -365,7 +369,7 @@ def test_one_outage_is_one_degraded_period_not_one_per_pooled_connection(tmp_pat
     metrics = ServiceMetrics()
 
     async def scenario() -> tuple[str, float, float]:
-        store = RedisStore(f"redis://127.0.0.1:{port}/0", "t", 50, metrics)
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", "t", 50, metrics, spool_dir=tmp_path / "spool")
         await store.start("b", {"sids": b"x"})
         appends = [store.append(f"u{i}", ["a"]) for i in range(20)]
         await asyncio.gather(*appends)  # concurrent: the pool now holds many connections

@@ -32,8 +32,10 @@ def some_history(client: TestClient) -> list[str]:
     return [row["item_id"] for row in client.get("/items", params={"limit": 3}).json()["items"]]
 
 
-def test_dead_redis_degrades_but_serves(tiny_run: TinyRun) -> None:
-    settings = settings_for(tiny_run.bundle, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+def test_dead_redis_degrades_but_serves(tiny_run: TinyRun, tmp_path: Path) -> None:
+    settings = settings_for(
+        tiny_run.bundle, redis_url=f"redis://127.0.0.1:{free_port()}/0", spool_dir=tmp_path / "spool"
+    )
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz").json()
         assert ready["status"] == "degraded" and ready["store"] == "degraded"
@@ -51,7 +53,9 @@ def test_dead_redis_degrades_but_serves(tiny_run: TinyRun) -> None:
 def test_redis_restart_is_picked_up(tiny_run: TinyRun, tmp_path: Path) -> None:
     port = free_port()
     server = start_redis_server(port, tmp_path)
-    settings = settings_for(tiny_run.bundle, redis_url=f"redis://127.0.0.1:{port}/0")
+    settings = settings_for(
+        tiny_run.bundle, redis_url=f"redis://127.0.0.1:{port}/0", spool_dir=tmp_path / "spool"
+    )
     try:
         with TestClient(create_app(settings)) as client:
             assert client.get("/readyz").json()["store"] == "ok"
