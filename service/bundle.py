@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.errors import BundleError
+from service.layout import cpu_limit
 from service.manifest import Manifest, load_manifest
 from service.prefix_index import PrefixIndex
 
@@ -91,14 +91,6 @@ def available_providers(requested: list[str]) -> list[str]:
     have = set(ort.get_available_providers())
     chosen = [p for p in requested if p in have]
     return chosen if "CPUExecutionProvider" in chosen else [*chosen, "CPUExecutionProvider"]
-
-
-def cpu_limit() -> int:
-    """CPUs this process may use (cgroup/affinity aware), so intra-op threads never oversubscribe."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
