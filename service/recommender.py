@@ -28,6 +28,7 @@ from service.bundle import LoadedBundle
 from service.constraints import AllowedItems, ExcludeItems, Processor
 from service.decoders import Decoder, IncrementalDecoder, ReferenceDecoder
 from service.errors import InvalidRequest
+from service.explanations import TagScore, catalogue_classes, read_tag_paths, with_agreement
 from service.prefix_index import PrefixIndex
 
 __all__ = ["ENCODER_GROUP", "CatalogueSnapshot", "Query", "Recommendation", "Recommender", "TagScore"]
@@ -47,12 +48,7 @@ class Query:
     exclude_seen: bool = True
     tag_path: list[str] | None = None
     explain: bool = True
-
-
-@dataclass(frozen=True)
-class TagScore:
-    tag: str
-    confidence: float
+    grounding: bool = False  # answered from the ID table after decoding (``service.explanations.ground``)
 
 
 @dataclass(frozen=True)
@@ -113,10 +109,9 @@ class Recommender:
         self.levels = spec.levels
         self.codebook_size = spec.codebook_size
         self.max_filter_depth = bundle.manifest.decoding.max_tag_filter_depth
-        # what an explanation shows per level: the last component of the class's path
-        self._tag_names = [[name.split(" > ")[-1] for name in level] for level in bundle.tag_levels]
+        paths = bundle.catalogue.category_paths
         self.snapshot = CatalogueSnapshot.build(
-            bundle.sids, spec.codebook_size, bundle.catalogue.category_paths, self.explain(bundle.sids)
+            bundle.sids, spec.codebook_size, paths, self.explain(bundle.sids, paths)
         )
         self._lock = threading.Lock()
 
@@ -172,20 +167,31 @@ class Recommender:
         logits, newest = self.bundle.sessions["generator_step_incremental"].run(["logits", "newest"], feeds)
         return logits, newest  # (N, K), (N, layers, 2, d)
 
-    def explain(self, codes: np.ndarray) -> list[list[TagScore]]:
-        """Tag path with per-level confidence for each ID (N, D), read from the tag heads.
-
-        An explanation depends on the ID alone, so it is computed once per catalogue row (when a
-        snapshot is built, for the whole catalogue in one call) and looked up when serving.
-        """
+    def tag_probabilities(self, codes: np.ndarray) -> list[np.ndarray]:
+        """The tag heads on IDs (N, D): per level, probabilities (N, C_l) over the level's classes."""
         if codes.shape[0] == 0 or self.bundle.manifest.n_tag_levels == 0:
+            return []
+        return list(self.bundle.sessions["tag_heads"].run(None, {"codes": codes[:, : self.levels]}))
+
+    def explain(
+        self, codes: np.ndarray, category_paths: list[list[str]] | None = None
+    ) -> list[list[TagScore]]:
+        """Generated tag path with per-level confidence for each ID (N, D), read from the tag heads
+        (``service.explanations.read_tag_paths``: no placeholder classes, a real path of the taxonomy);
+        with the items' ``category_paths``, each tag says whether it matches the catalogue's class.
+
+        An explanation depends on the ID (and the row's catalogue path) alone, so it is computed once
+        per catalogue row (when a snapshot is built, for the whole catalogue in one call) and looked
+        up when serving.
+        """
+        probs = self.tag_probabilities(codes)
+        if not probs:
             return [[] for _ in range(codes.shape[0])]
-        probs = self.bundle.sessions["tag_heads"].run(None, {"codes": codes[:, : self.levels]})
-        best = [(p.argmax(axis=1).tolist(), p.max(axis=1).tolist()) for p in probs]  # per level: (N,) each
-        return [
-            [TagScore(self._tag_names[lvl][ids[n]], conf[n]) for lvl, (ids, conf) in enumerate(best)]
-            for n in range(codes.shape[0])
-        ]
+        levels = self.bundle.tag_levels[: len(probs)]
+        paths = read_tag_paths(probs, levels)
+        if category_paths is None:
+            return paths
+        return with_agreement(paths, catalogue_classes(category_paths, levels))
 
     # ---------------------------------------------------------------------------- recommending
     def filter_rows(self, tag_path: list[str], snapshot: CatalogueSnapshot) -> np.ndarray:
@@ -284,7 +290,7 @@ class Recommender:
                 raise InvalidRequest(f"item_id {item_id!r}: the ID {sid.tolist()} is already taken")
             row = catalogue.append(item_id, title, category_path, tags)
             sids = np.vstack([snapshot.sids, sid[None].astype(np.int64)])  # (n_items + 1, D)
-            explanations = [*snapshot.explanations, *self.explain(sids[-1:])]
+            explanations = [*snapshot.explanations, *self.explain(sids[-1:], [category_path])]
             self.snapshot = CatalogueSnapshot.build(
                 sids, self.codebook_size, catalogue.category_paths, explanations
             )

@@ -6,7 +6,7 @@ import asyncio
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -78,7 +78,7 @@ async def list_items(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> ItemPage:
-    """The catalogue, including cold-start items, in row order."""
+    """The catalogue, including cold-start items, in row order, each with its generated tag path."""
     total, items = state.items(limit, offset)
     return ItemPage(total=total, offset=offset, items=items)
 
@@ -102,10 +102,12 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["ops"])
-async def readyz(state: State) -> JSONResponse:
-    """Readiness: a verified bundle is loaded; ``degraded`` while Redis is unreachable (still serving)."""
+async def readyz(state: State, request: Request) -> JSONResponse:
+    """Readiness: a verified bundle is loaded; ``degraded`` while Redis is unreachable (still serving);
+    503 ``shutting down`` from the moment the process is told to stop (``service.server``)."""
     store = state.store.state
-    status = "degraded" if store == "degraded" else "ready"
+    stopping = getattr(request.app.state, "shutting_down", False)
+    status = "shutting down" if stopping else "degraded" if store == "degraded" else "ready"
     body = {
         "status": status,
         "store": store,
@@ -114,7 +116,7 @@ async def readyz(state: State) -> JSONResponse:
         "in_service": state.admission.in_service,
         "saturation": round(state.batcher.saturation.level, 3),
     }
-    return JSONResponse(body)
+    return JSONResponse(body, status_code=503 if stopping else 200)
 
 
 @router.get("/metrics", tags=["ops"])

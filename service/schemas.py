@@ -22,6 +22,8 @@ __all__ = [
     "BatchResult",
     "EventsRequest",
     "EventsResponse",
+    "GroundingOut",
+    "HistoryItem",
     "ItemInfo",
     "ItemPage",
     "ItemUpsert",
@@ -89,7 +91,12 @@ class RecommendRequest(_Request):
     )
     exclude_seen: bool = True
     filter: Filter | None = None
-    explain: bool = True
+    explain: bool = Field(True, description="give each item its generated tag_path")
+    grounding: bool = Field(
+        False,
+        description="give each item the history items that share its longest semantic-ID prefix, "
+        "with the tags that prefix stands for (no extra model call)",
+    )
 
     @model_validator(mode="after")
     def _beam_covers_k(self) -> RecommendRequest:
@@ -100,18 +107,57 @@ class RecommendRequest(_Request):
         return self
 
 
+#: what the two paths of an item mean; shared by every response that shows them
+CATEGORY_PATH = "the catalogue's own category path, root first: the item's truth"
+TAG_PATH = (
+    "the generated tag path: what the tag heads read from the item's semantic ID, i.e. why the model "
+    "went there. One tag per level, stopping at the deepest level with a named class (never a "
+    "placeholder such as <other>), always a real path of the taxonomy; it can disagree with "
+    "category_path, and each tag says whether it does (matches_category)"
+)
+
+
 class TagOut(BaseModel):
-    tag: str
-    confidence: float
+    """One level of a generated tag path."""
+
+    tag: str = Field(description="the class's own name, e.g. 'Face'")
+    confidence: float = Field(description="the tag head's probability of this class (0..1)")
+    matches_category: bool | None = Field(
+        None,
+        description="whether the catalogue's category_path has this class at this level; "
+        "null where the category path does not reach the level",
+    )
+
+
+class HistoryItem(BaseModel):
+    item_id: str
+    title: str
+
+
+class GroundingOut(BaseModel):
+    """Why this item, in the user's own terms: the history items closest to it in ID space."""
+
+    shared_levels: int = Field(
+        description="length of the longest semantic-ID prefix this item shares with a history item; "
+        "0 when it shares none"
+    )
+    tag_path: list[str] = Field(
+        description="the generated tags that shared prefix stands for (the item's tag_path, cut at "
+        "shared_levels), e.g. ['Skin Care', 'Face']"
+    )
+    history: list[HistoryItem] = Field(
+        description="the history items (among those the model read) that share that prefix, most recent first"
+    )
 
 
 class RecommendedItem(BaseModel):
     item_id: str
     score: float = Field(description="summed log-probability of the item's ID")
     codes: list[int]
-    tag_path: list[TagOut] | None = Field(description="tag per level from the tokenizer's heads (explain)")
-    category_path: list[str]
+    tag_path: list[TagOut] | None = Field(description=TAG_PATH + "; null when explain is false")
+    category_path: list[str] = Field(description=CATEGORY_PATH)
     title: str
+    grounding: GroundingOut | None = Field(None, description="present when the request asks for grounding")
 
 
 class RecommendResponse(BaseModel):
@@ -169,9 +215,9 @@ class ItemInfo(BaseModel):
     item_id: str
     index: int
     title: str
-    category_path: list[str]
+    category_path: list[str] = Field(description=CATEGORY_PATH)
     codes: list[int]
-    tag_path: list[TagOut] | None = None
+    tag_path: list[TagOut] = Field(description=TAG_PATH)
     cold_start: bool = False
 
 

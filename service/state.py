@@ -21,11 +21,14 @@ from service.admission import AdmissionControl
 from service.batcher import MicroBatcher
 from service.bundle import LoadedBundle, cpu_limit, load_bundle
 from service.errors import BundleError, InvalidRequest, UnknownItem
+from service.explanations import TagScore, ground
 from service.memory import freeze_heap, tune_allocator
 from service.metrics import ServiceMetrics
-from service.recommender import Query, Recommendation, Recommender, TagScore
+from service.recommender import Query, Recommendation, Recommender
 from service.saturation import Saturation
 from service.schemas import (
+    GroundingOut,
+    HistoryItem,
     ItemInfo,
     ItemUpsert,
     RecommendedItem,
@@ -42,7 +45,7 @@ log = logging.getLogger("sidrec.service")
 
 
 def _tags(scores: list[TagScore]) -> list[TagOut]:
-    return [TagOut(tag=t.tag, confidence=t.confidence) for t in scores]
+    return [TagOut(tag=t.tag, confidence=t.confidence, matches_category=t.matches_category) for t in scores]
 
 
 @dataclass
@@ -221,12 +224,18 @@ class ServiceState:
         tag_path = request.filter.tag_path if request.filter else None
         if tag_path is not None:
             recommender.filter_rows(tag_path, recommender.snapshot)  # fail fast, before batching
-        return Query(history, request.k, beam, request.exclude_seen, tag_path, request.explain)
+        return Query(
+            history, request.k, beam, request.exclude_seen, tag_path, request.explain, request.grounding
+        )
 
     def _response(
         self, recommender: Recommender, query: Query, hits: list[Recommendation]
     ) -> RecommendResponse:
         catalogue = recommender.bundle.catalogue
+        used = min(len(query.history), recommender.history_length)
+        groundings: list[GroundingOut | None] = [None] * len(hits)
+        if query.grounding:
+            groundings = [*self._groundings(recommender, query.history[len(query.history) - used :], hits)]
         items = [
             RecommendedItem(
                 item_id=catalogue.item_ids[hit.item],
@@ -235,11 +244,33 @@ class ServiceState:
                 tag_path=_tags(hit.tag_path) if query.explain else None,
                 category_path=catalogue.category_paths[hit.item],
                 title=catalogue.titles[hit.item],
+                grounding=grounding,
             )
-            for hit in hits
+            for hit, grounding in zip(hits, groundings, strict=True)
         ]
-        used = min(len(query.history), recommender.history_length)
         return RecommendResponse(bundle_id=recommender.bundle.bundle_id, items=items, history_used=used)
+
+    @staticmethod
+    def _groundings(
+        recommender: Recommender, history: list[int], hits: list[Recommendation]
+    ) -> list[GroundingOut]:
+        """Each hit's grounding (``service.explanations.ground``) over the history the model read.
+        Rows only ever get appended, so the current snapshot holds every row of an older one."""
+        catalogue, snapshot = recommender.bundle.catalogue, recommender.snapshot
+        out = []
+        for hit, found in zip(hits, ground(snapshot.sids, history, [h.item for h in hits]), strict=True):
+            tags = snapshot.explanations[hit.item][: found.shared_levels]
+            out.append(
+                GroundingOut(
+                    shared_levels=found.shared_levels,
+                    tag_path=[t.tag for t in tags],
+                    history=[
+                        HistoryItem(item_id=catalogue.item_ids[r], title=catalogue.titles[r])
+                        for r in found.history
+                    ],
+                )
+            )
+        return out
 
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
         """Admit (or refuse at once), then answer from one bundle, even across a reload."""
@@ -277,15 +308,15 @@ class ServiceState:
         row = recommender.bundle.catalogue.position.get(item_id)
         if row is None:
             raise UnknownItem(item_id)
-        return self._item_info(recommender, row, explain=True)
+        return self._item_info(recommender, row)
 
     def items(self, limit: int, offset: int) -> tuple[int, list[ItemInfo]]:
         recommender = self.recommender
         total = recommender.snapshot.n_items
         rows = range(offset, min(offset + limit, total))
-        return total, [self._item_info(recommender, row, explain=False) for row in rows]
+        return total, [self._item_info(recommender, row) for row in rows]
 
-    def _item_info(self, recommender: Recommender, row: int, explain: bool) -> ItemInfo:
+    def _item_info(self, recommender: Recommender, row: int) -> ItemInfo:
         catalogue, snapshot = recommender.bundle.catalogue, recommender.snapshot
         return ItemInfo(
             item_id=catalogue.item_ids[row],
@@ -293,7 +324,7 @@ class ServiceState:
             title=catalogue.titles[row],
             category_path=catalogue.category_paths[row],
             codes=snapshot.sids[row].tolist(),
-            tag_path=_tags(snapshot.explanations[row]) if explain else None,
+            tag_path=_tags(snapshot.explanations[row]),
             cold_start=row >= recommender.bundle.manifest.n_items,
         )
 
@@ -318,4 +349,4 @@ class ServiceState:
             "added_at": time.time(),
         }
         await self.store.add_cold_item(recommender.bundle.bundle_id, record)
-        return self._item_info(recommender, row, explain=True)
+        return self._item_info(recommender, row)

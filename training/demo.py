@@ -1,10 +1,11 @@
 """The demo: the synthetic shop end to end, then a running service and a sample recommendation.
 
 Builds the synthetic catalogue, trains the tokenizer and the generator with the fast demo profile,
-evaluates, exports the bundle, starts ``python -m service`` on it, and shows what ``POST /recommend``
-answers for one demo user: items with their generated tag paths and per-level confidences. The service
-then keeps running (Ctrl-C stops it) so you can try the printed ``curl`` yourself; ``--no-serve`` stops
-after the sample.
+evaluates, exports the bundle, starts ``python -m service`` on it, and takes a short tour (``tour``):
+what ``POST /recommend`` answers for one demo user (items with their generated tag paths, per-level
+confidences, where they disagree with the catalogue, and the user's own history items behind each one),
+then ``GET /items/{id}`` and ``GET /items``. The service then keeps running (Ctrl-C stops it) so you
+can try the printed ``curl`` yourself; ``--no-serve`` stops after the tour.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from training.data.dataset import Dataset
 from training.errors import SidrecError
 from training.pipeline import REPO, PipelineConfig, run_pipeline
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["PLACEHOLDERS", "add_arguments", "count_placeholders", "run", "tour"]
+
+#: the tag vocabularies' internal classes (``training.data.tags``), never to be shown as a tag
+PLACEHOLDERS = frozenset({"<unknown>", "<other>"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,17 +53,57 @@ def _wait_ready(base: str, process: subprocess.Popen[bytes], timeout_s: float = 
     raise SidrecError(f"the service did not become ready within {timeout_s:.0f} s")
 
 
-def _show(answer: dict[str, object], history: list[tuple[str, str]]) -> None:
-    """Print the history (item id, title) and the answer; ids too, since titles repeat in the shop."""
+def tour(client: httpx.Client, history: list[str], k: int = 5) -> dict[str, Any]:
+    """The demo's requests, in order, against a running service (``client`` has its base URL; a
+    FastAPI ``TestClient`` works too): a recommendation with explanations and grounding, the first
+    recommended item, and the first page of the catalogue. Returns each answer by name."""
+    body = {"history": history, "k": k, "explain": True, "grounding": True}
+    answers: dict[str, Any] = {"request": body}
+    answers["recommend"] = client.post("/recommend", json=body, timeout=30.0).raise_for_status().json()
+    shown = [item["item_id"] for item in answers["recommend"]["items"]] or history[-1:]
+    answers["item"] = client.get(f"/items/{shown[0]}").raise_for_status().json()
+    answers["items"] = client.get("/items", params={"limit": 20}).raise_for_status().json()
+    return answers
+
+
+def count_placeholders(value: Any) -> int:
+    """How many strings anywhere in a JSON answer are an internal placeholder class."""
+    if isinstance(value, dict):
+        return sum(count_placeholders(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(count_placeholders(v) for v in value)
+    return int(isinstance(value, str) and value in PLACEHOLDERS)
+
+
+def _tag(step: dict[str, Any]) -> str:
+    """'Face (0.83)', with ', not the catalogue's' where the catalogue names another class there."""
+    differs = ", not the catalogue's" if step["matches_category"] is False else ""
+    return f"{step['tag']} ({step['confidence']:.2f}{differs})"
+
+
+def _show(answers: dict[str, Any], history: list[tuple[str, str]]) -> None:
+    """Print the history (item id, title) and the tour; ids too, since titles repeat in the shop."""
     print("\nhistory (oldest first):")
     for item_id, title in history:
         print(f"  - {item_id}  {title}")
+    answer = answers["recommend"]
     print(f"\nrecommended by bundle {answer['bundle_id']}:")
     print(f"  {'#':>2}  {'score':>7}  {'item':<9}  {'title':<38} generated tag path (confidence)")
-    items: list[dict[str, Any]] = answer["items"]  # type: ignore[assignment]
-    for rank, item in enumerate(items, start=1):
-        path = " > ".join(f"{step['tag']} ({step['confidence']:.2f})" for step in item["tag_path"])
+    for rank, item in enumerate(answer["items"], start=1):
+        path = " > ".join(_tag(step) for step in item["tag_path"]) or "(no tag named)"
         print(f"  {rank:>2}  {item['score']:>7.3f}  {item['item_id']:<9}  {item['title'][:38]:<38} {path}")
+        print(f"  {'':>2}  {'':>7}  {'':<9}  {'catalogue:':<38} {' > '.join(item['category_path'])}")
+        grounding = item["grounding"]
+        if grounding["history"]:
+            because = ", ".join(h["item_id"] for h in grounding["history"])
+            where = " > ".join(grounding["tag_path"]) or f"the first {grounding['shared_levels']} ID codes"
+            print(f"  {'':>2}  {'':>7}  {'':<9}  {'because you had:':<38} {because} (shared: {where})")
+    one = answers["item"]
+    print(f"\nGET /items/{one['item_id']}: codes {one['codes']}, tag path ", end="")
+    print(" > ".join(t["tag"] for t in one["tag_path"]) or "(none named)")
+    page = answers["items"]
+    print(f"GET /items: {page['total']} items, the first {len(page['items'])} with their tag paths")
+    print(f"placeholder tags in the tour's answers: {count_placeholders(answers)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
     dataset = Dataset.load(out / "data")
     user = 0
     history = [dataset.items[i].item_id for i in dataset.sequences[user][-5:]]
-    body = {"history": history, "k": 5, "explain": True}
     base = f"http://127.0.0.1:{args.port}"
     command = [sys.executable, "-m", "service", "--bundle", str(out / "bundle"), "--port", str(args.port)]
     print(f"\n=== starting the service: {shlex.join(command)}", flush=True)
@@ -80,10 +123,13 @@ def run(args: argparse.Namespace) -> int:
     process = subprocess.Popen(command, env=env)
     try:
         _wait_ready(base, process)
-        answer = httpx.post(f"{base}/recommend", json=body, timeout=30.0).json()
+        with httpx.Client(base_url=base) as client:
+            answers = tour(client, history)
         _show(
-            answer, [(dataset.items[i].item_id, dataset.items[i].title) for i in dataset.sequences[user][-5:]]
+            answers,
+            [(dataset.items[i].item_id, dataset.items[i].title) for i in dataset.sequences[user][-5:]],
         )
+        body = answers["request"]
         curl = f"curl -s -X POST {base}/recommend -H 'content-type: application/json' -d '{json.dumps(body)}'"
         print(f"\ntry it yourself:\n  {curl}\n")
         if args.no_serve:

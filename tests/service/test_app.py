@@ -48,8 +48,8 @@ def test_recommend_invariants(client: TestClient, tiny_run: TinyRun) -> None:
         assert body["bundle_id"].startswith("sidrec-")
         check_items(body["items"], rows, 10)
         assert not set(history) & {item["item_id"] for item in body["items"]}, "exclude_seen"
-        for item in body["items"]:
-            assert len(item["tag_path"]) == 2
+        for item in body["items"]:  # the path stops at the deepest named level (test_explanations)
+            assert len(item["tag_path"]) <= 2
             assert all(0 <= t["confidence"] <= 1 and t["tag"] for t in item["tag_path"])
 
 
@@ -141,7 +141,7 @@ def test_items_listing_and_lookup(client: TestClient, tiny_run: TinyRun) -> None
     )
     item_id = page["items"][0]["item_id"]
     one = client.get(f"/items/{item_id}").json()
-    assert one["codes"] == tiny_run.sids[10].tolist() and len(one["tag_path"]) == 2
+    assert one["codes"] == tiny_run.sids[10].tolist() and one["tag_path"] == page["items"][0]["tag_path"]
     assert client.get("/items/__nope__").status_code == 404
     assert client.get("/items", params={"limit": 5000}).status_code == 422
 

@@ -1,0 +1,197 @@
+"""What an explanation says, read from the tag heads and the semantic-ID table (numpy only).
+
+Every item carries two paths, and they mean different things:
+
+- ``category_path``: the catalogue's own path, root first. It is the item's truth and never changes.
+- ``tag_path``: the *generated* path: what the tag heads read from the item's semantic ID. It says why
+  the model went there (the ID's code prefixes stand for these tags), so it can disagree with the
+  catalogue; each level says whether it does (``matches_category``).
+
+**No placeholders.** The tag vocabularies keep two internal classes per level: ``<unknown>`` (the
+catalogue path does not reach the level) and ``<other>`` (classes too rare to have a name of their
+own). Neither is a tag a user can read, so a generated path *stops at the deepest informative level*:
+level ``l`` shows the head's most likely class, and the path ends at the first level whose most likely
+class is ``<unknown>`` or ``<other>``, or is not a child of the tag shown above it (the heads read each
+level separately, so "Makeup" over "Skin Care > Face" can happen). Every tag shown is a real class of
+the catalogue's taxonomy, the path is a real path, and each confidence is the probability the head
+gives the tag shown. The same rule serves ``/recommend``, ``/items`` and ``/items/{id}``: a row's path
+is computed once per catalogue snapshot.
+
+**Grounding.** A recommended item's ID shares a prefix with some history items; the longest such
+prefix, the history items that have it and the tags that prefix stands for ("because you bought X
+and Y in Skin Care > Face") come from the ID table alone: no model call. The level-``l`` tag head reads
+codes ``0..l``, so a shared prefix of ``m`` codes fixes the generated tags of levels ``0..m-1``.
+
+**Calibration.** ``fit_temperature`` / ``temperature_scale`` rescale a head's probabilities
+(``softmax(log p / T)``, the same as dividing its logits by ``T``); ``benchmarks/explanations.py``
+fits ``T`` per level on validation recommendations and reports the calibration error with and without.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+__all__ = [
+    "OTHER",
+    "SEPARATOR",
+    "UNKNOWN",
+    "Grounding",
+    "TagScore",
+    "catalogue_classes",
+    "expected_calibration_error",
+    "fit_temperature",
+    "ground",
+    "is_placeholder",
+    "read_tag_paths",
+    "temperature_scale",
+    "with_agreement",
+]
+
+#: the internal classes of every tag level (``training.data.tags``: index 0 and 1 of each level)
+UNKNOWN, OTHER = "<unknown>", "<other>"
+UNKNOWN_ID, OTHER_ID = 0, 1
+SEPARATOR = " > "
+
+
+@dataclass(frozen=True)
+class TagScore:
+    """One level of a generated tag path."""
+
+    tag: str  # the class's own name, e.g. "Face"
+    confidence: float  # the head's probability of this class
+    path: str = ""  # the class's full name, e.g. "Skin Care > Face"
+    class_id: int = -1  # the class's index in its level's vocabulary
+    matches_category: bool | None = None  # vs the catalogue's class; None: the catalogue stops above
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """History items behind a recommendation: those sharing its longest semantic-ID prefix."""
+
+    shared_levels: int  # codes shared with the closest history items; 0 = no history item shares one
+    history: list[int]  # their catalogue rows, most recent first, each once (empty when shared_levels = 0)
+
+
+def is_placeholder(tag: str) -> bool:
+    return tag in (UNKNOWN, OTHER)
+
+
+def read_tag_paths(probs: Sequence[np.ndarray], levels: Sequence[Sequence[str]]) -> list[list[TagScore]]:
+    """Per-level head probabilities ``[(N, C_l)]`` -> each item's generated path (see the module doc).
+
+    ``levels[l]`` are the level's class names (full prefix paths, ``<unknown>`` and ``<other>`` first).
+    """
+    if not probs:
+        return []
+    best = [p.argmax(axis=1).tolist() for p in probs]  # per level: (N,)
+    confidence = [p.max(axis=1).tolist() for p in probs]
+    paths = []
+    for n in range(probs[0].shape[0]):
+        path: list[TagScore] = []
+        for level in range(len(probs)):
+            class_id = best[level][n]
+            name = levels[level][class_id]
+            if class_id in (UNKNOWN_ID, OTHER_ID) or is_placeholder(name):
+                break
+            if path and not name.startswith(path[-1].path + SEPARATOR):
+                break  # not a child of the tag above: the path would not be a real one
+            path.append(TagScore(name.rsplit(SEPARATOR, 1)[-1], confidence[level][n], name, class_id))
+        paths.append(path)
+    return paths
+
+
+def catalogue_classes(category_paths: Sequence[Sequence[str]], levels: Sequence[Sequence[str]]) -> np.ndarray:
+    """The catalogue's class per level, int64 ``(N, n_levels)``, as training derived it
+    (``training.data.tags.TagVocabulary.encode``): level ``l`` is the path below the root up to its
+    ``l``-th component; ``<unknown>`` where the path is too short, ``<other>`` where the class is rare."""
+    index = [{name: i for i, name in enumerate(names)} for names in levels]
+    out = np.zeros((len(category_paths), len(levels)), dtype=np.int64)  # (N, n_levels), 0 = unknown
+    for row, path in enumerate(category_paths):
+        below_root = list(path[1:])
+        for level in range(min(len(levels), len(below_root))):
+            out[row, level] = index[level].get(SEPARATOR.join(below_root[: level + 1]), OTHER_ID)
+    return out
+
+
+def with_agreement(paths: list[list[TagScore]], classes: np.ndarray) -> list[list[TagScore]]:
+    """Mark each generated tag against the catalogue's class of its level (``classes`` (N, n_levels)):
+    True where equal, False where the catalogue names another class (a rare one included), None where
+    the catalogue path does not reach the level."""
+    return [
+        [
+            replace(
+                tag,
+                matches_category=None
+                if classes[row, level] == UNKNOWN_ID
+                else bool(classes[row, level] == tag.class_id),
+            )
+            for level, tag in enumerate(path)
+        ]
+        for row, path in enumerate(paths)
+    ]
+
+
+def ground(sids: np.ndarray, history: Sequence[int], items: Sequence[int]) -> list[Grounding]:
+    """For each recommended row in ``items``, the history rows sharing its longest ID prefix.
+
+    ``sids`` int64 (n_items, D) is the snapshot's ID table; ``history`` rows oldest first (repeats
+    allowed). One vectorised comparison of the ``k`` recommended IDs with the ``H`` history IDs.
+    """
+    distinct = list(dict.fromkeys(reversed(history)))  # most recent first, each once
+    if not distinct or not items:
+        return [Grounding(0, []) for _ in items]
+    rows = np.asarray(distinct, dtype=np.int64)  # (H,)
+    same = sids[np.asarray(items, dtype=np.int64)][:, None, :] == sids[rows][None, :, :]  # (k, H, D)
+    shared = np.cumprod(same, axis=2).sum(axis=2)  # (k, H) common prefix length
+    longest = shared.max(axis=1)  # (k,)
+    return [
+        Grounding(int(m), rows[shared[j] == m].tolist() if m > 0 else [])
+        for j, m in enumerate(longest.tolist())
+    ]
+
+
+# ---------------------------------------------------------------------------------- calibration
+def temperature_scale(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log p / T)`` row-wise for probabilities ``(N, C)``: dividing the logits by ``T``.
+    The argmax (so the path shown) never changes; ``T > 1`` softens, ``T < 1`` sharpens."""
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    scaled = np.exp(logits)
+    return scaled / scaled.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The ``T`` in [0.05, 20] minimising the negative log-likelihood of ``labels`` (N,) under
+    ``temperature_scale(probs, T)`` (N, C): a grid over log T (one parameter, no optimiser needed)."""
+    if probs.shape[0] == 0:
+        return 1.0
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))
+    rows = np.arange(probs.shape[0])
+    nll = [-np.log(temperature_scale(probs, t)[rows, labels] + 1e-12).mean() for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = 10
+) -> tuple[float, list[dict[str, float]]]:
+    """ECE over equal-width confidence bins, and the reliability diagram's bins
+    (``lo``, ``hi``, ``count``, ``confidence``, ``accuracy``; empty bins left out)."""
+    if confidence.shape[0] == 0:
+        return 0.0, []
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)  # (N,)
+    ece, diagram = 0.0, []
+    for b in range(bins):
+        member = which == b
+        count = int(member.sum())
+        if count == 0:
+            continue
+        conf, acc = float(confidence[member].mean()), float(correct[member].mean())
+        ece += count / confidence.shape[0] * abs(acc - conf)
+        diagram.append(
+            {"lo": edges[b], "hi": edges[b + 1], "count": count, "confidence": conf, "accuracy": acc}
+        )
+    return float(ece), diagram
