@@ -1,4 +1,4 @@
-"""``python -m service --bundle DIR [--host --port]``: serve a bundle with uvicorn.
+"""``python -m service --bundle DIR [--host --port]``: serve a bundle with uvicorn (``service.server``).
 
 Every option falls back to its ``SIDREC_*`` environment variable (see ``service.settings``). A bundle
 that fails verification is refused with one clear line and exit status 2.
@@ -11,12 +11,12 @@ import logging
 import os
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
 from service.errors import BundleError
 from service.manifest import load_manifest
+from service.server import Server
 from service.settings import Settings
 
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as exc:
         print(f"error: refusing to serve: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    Server(create_app(settings), settings).run()
     return 0
 
 

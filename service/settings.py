@@ -93,6 +93,20 @@ class Settings(BaseSettings):
     history_cap: int = Field(200, ge=1, le=10_000, description="events kept per user")
     cache_ttl_s: float = Field(0.0, ge=0, le=3600, description="result cache TTL; 0 = no cache")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
+    read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="a request's headers and body must arrive within this from its first byte (or from "
+        "the connection opening); slower or idle half-open connections are closed (service/server.py)",
+    )
+    shutdown_grace_s: float = Field(
+        10.0,
+        ge=0,
+        le=300,
+        description="after SIGTERM, how long requests in flight may take to finish before they are "
+        "cancelled and the process exits (keep it under the orchestrator's own grace period)",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
