@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from training.errors import SidrecError
+from training.provenance import invocation
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         module.add_arguments(sub_parser)
     args = parser.parse_args(argv)
     try:
-        return int(modules[args.command].run(args))
+        with invocation(sys.argv[1:] if argv is None else argv):  # what each stage's metrics record
+            return int(modules[args.command].run(args))
     except SidrecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

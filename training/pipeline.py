@@ -3,7 +3,10 @@
 The pipeline drives each stage through its own CLI (the same code a user runs by hand), so a pipeline run
 and a stage-by-stage run can never drift apart. A profile (``--config``, see ``configs/pipeline/``) names
 each stage's config file and extra ``--set`` overrides. The output folder holds one sub-folder per stage
-(``data/``, ``tokenizer/``, ``generator/``, ``bundle/``) and ``pipeline.json`` with stage timings.
+(``data/``, ``tokenizer/``, ``generator/``, ``bundle/``) and ``pipeline.json`` with the command that ran
+and each stage's command and timing. Each stage's ``metrics.json`` records the stage's own command
+(``"command"``, the one that reproduces it alone) and the command that ran the pipeline
+(``"pipeline_command"``; the demo's, when the demo ran it).
 
 Example:
   python -m training pipeline --source synthetic --out runs/demo --config configs/pipeline/demo.toml
@@ -14,16 +17,24 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training import provenance
 from training.config import load_config
 
 __all__ = ["PipelineConfig", "StageConfig", "add_arguments", "run", "run_pipeline"]
 
 REPO = Path(__file__).resolve().parents[1]
+#: the folder (under the pipeline's output) whose ``metrics.json`` each stage writes or updates
+METRICS_DIR = {
+    "prepare": "data",
+    "tokenizer": "tokenizer",
+    "generator": "generator",
+    "evaluate": "generator",
+    "export": "bundle",
+}
 
 
 @dataclass(frozen=True)
@@ -109,26 +120,32 @@ def run_pipeline(source: str, out: Path, profile: PipelineConfig) -> list[dict[s
     from training.__main__ import main as training_main
 
     out.mkdir(parents=True, exist_ok=True)
+    pipeline_command = provenance.outermost_command()
     stages = stage_commands(source, out, profile)
     rows: list[dict[str, object]] = []
     for number, (name, argv) in enumerate(stages, start=1):
-        print(f"\n=== [{number}/{len(stages)}] {name}: python -m training {shlex.join(argv)}", flush=True)
+        command = shlex.join(["python", "-m", "training", *argv])
+        print(f"\n=== [{number}/{len(stages)}] {name}: {command}", flush=True)
         start = time.perf_counter()
         status = training_main(argv)
-        rows.append({"stage": name, "seconds": round(time.perf_counter() - start, 2), "status": status})
+        seconds = round(time.perf_counter() - start, 2)
+        rows.append({"stage": name, "command": command, "seconds": seconds, "status": status})
         if status != 0:
             break
+        _add_pipeline_command(out / METRICS_DIR[name] / "metrics.json", pipeline_command)
     (out / "pipeline.json").write_text(
-        json.dumps(
-            {
-                "command": shlex.join(["python", "-m", "training", *sys.argv[1:]]),
-                "stages": rows,
-            },
-            indent=2,
-        )
-        + "\n"
+        json.dumps({"command": pipeline_command, "stages": rows}, indent=2) + "\n"
     )
     return rows
+
+
+def _add_pipeline_command(path: Path, pipeline_command: str) -> None:
+    """Record in a stage's ``metrics.json`` which pipeline ran it (before the next stage reads it:
+    export copies the generator's and the tokenizer's metrics into the bundle manifest)."""
+    if path.is_file():
+        metrics = json.loads(path.read_text())
+        metrics["pipeline_command"] = pipeline_command
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training import provenance
 from training.config import config_to_dict, dump_toml
 from training.data.raw import BuildOptions, build_dataset
 from training.data.readers import read_source
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     raw = read_source(config.source)
     dataset, dropped = build_dataset(raw, config.build)
     out = Path(config.out)
-    command = shlex.join(["python", "-m", "training", *sys.argv[1:]])
+    command = provenance.command()
     extra = {
         "source": config.source,
         "dropped": dropped,

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
+from training import provenance
 from training.errors import ConfigError
 from training.evaluate.report import MAIN_METRICS, evaluate_run, update_run_metrics
 
@@ -125,7 +124,7 @@ def _bar_chart(results: dict[str, dict[str, Any]], path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.beam is not None and args.beam < 10:
         raise ConfigError(f"--beam must be >= 10 to report @10 metrics, got {args.beam}")
-    command = "python -m training evaluate " + shlex.join(sys.argv[2:])
+    command = provenance.command()
     results: dict[str, dict[str, Any]] = {}
     for name, run_dir in _parse_runs(args.runs).items():
         cached = (

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from training import provenance
 from training.data import Dataset
 from training.errors import DataError
 from training.export.bundle import BundleInputs, CatalogueRow, export_bundle
@@ -101,7 +100,7 @@ def parity(
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    command = "python -m training export " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    command = provenance.command()
     torch.set_num_threads(1)
     generator, _, run_info = load_run(args.run)
     if not generator.config.generative:

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import torch.distributed as dist
 
+from training import provenance
 from training.config import load_config
 from training.data import Dataset
 from training.generator.train import GeneratorRunConfig, copy_ids_meta, load_ids, train_generator
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     result = train_generator(dataset, sids, codebook_size, config, out_dir=args.out)
     if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun only rank 0 writes
         return 0
-    command = "python -m training generator " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    command = provenance.command()
     copy_ids_meta(args.ids, args.out)
     run_info = {"data": str(args.data.resolve()), "ids": str(args.ids.resolve()), "command": command}
     (args.out / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
