@@ -13,6 +13,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from benchmarks.explanations import main as explanations_benchmark
 from service.app import create_app
 from service.bundle import load_bundle
 from service.explanations import (
@@ -184,6 +185,10 @@ def placeholder_client(placeholder_bundle: Path, redis_target: RedisTarget) -> I
         yield test_client
 
 
+def _catalogue_rows(tiny_run: TinyRun) -> list[dict]:
+    return [json.loads(line) for line in (tiny_run.bundle / "catalogue.jsonl").read_text().splitlines()]
+
+
 def _history(tiny_run: TinyRun, user: int) -> list[str]:
     return [tiny_run.dataset.items[i].item_id for i in tiny_run.dataset.split().test_history[user]]
 
@@ -279,3 +284,42 @@ def test_grounding_is_computed_from_the_recommender_rows(tiny_run: TinyRun) -> N
     (hits,) = recommender.recommend([Query(history=history, k=10, beam=10, grounding=True)])
     found = ground(recommender.snapshot.sids, history, [h.item for h in hits])
     assert [f.shared_levels for f in found] == [_brute_force(tiny_run.sids, history, h.item)[0] for h in hits]
+
+
+def test_explanations_benchmark_on_a_tiny_bundle(
+    placeholder_bundle: Path, tiny_run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    tiny_run.dataset.save(data)
+    out = tmp_path / "explanations.json"
+    argv = ["--bundle", str(placeholder_bundle), "--data", str(data), "--out", str(out), "--users", "150"]
+    assert explanations_benchmark(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["command"] == "python -m benchmarks.explanations " + " ".join(argv)
+    assert out.with_suffix(".png").stat().st_size > 0 and "fidelity" in capsys.readouterr().out
+    assert report["placeholder_tags"] == 0 and report["placeholder_tags_raw_heads"] > 50
+    assert report["recommendations"] == 1500 and len(report["fidelity"]) == len(report["ece"]) == 2
+
+    # the same figures, computed another way: from the explanations' own matches_category flags
+    recommender = Recommender(load_bundle(placeholder_bundle, ["CPUExecutionProvider"], 1))
+    rng = np.random.default_rng(0)
+    users = np.sort(rng.choice(len(tiny_run.dataset.user_ids), 150, False))
+    history = tiny_run.dataset.split().test_history
+    queries = [Query(history=history[u].tolist(), k=10, beam=report["beam"]) for u in users]
+    hits = [hit for answer in recommender.recommend(queries) for hit in answer]
+    truth = {row["item_id"]: row["tags"] for row in _catalogue_rows(tiny_run)}
+    ids = recommender.bundle.catalogue.item_ids
+    for level in range(2):
+        named = [hit for hit in hits if truth[ids[hit.item]][level] > 1]
+        hits_right = [h for h in named if len(h.tag_path) > level and h.tag_path[level].matches_category]
+        assert report["fidelity"][level] == pytest.approx(len(hits_right) / len(named))
+        shown = [h.tag_path[level] for h in hits if len(h.tag_path) > level]
+        assert report["coverage"][level] == pytest.approx(len(shown) / len(hits))
+    grounded = [
+        bool(g.history)
+        for q, a in zip(queries, recommender.recommend(queries), strict=True)
+        for g in ground(
+            recommender.snapshot.sids, q.history[-recommender.history_length :], [h.item for h in a]
+        )
+    ]
+    assert report["grounded_share"] == pytest.approx(np.mean(grounded))
