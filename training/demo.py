@@ -27,7 +27,7 @@ from training.data.dataset import Dataset
 from training.errors import SidrecError
 from training.pipeline import REPO, PipelineConfig, run_pipeline
 
-__all__ = ["PLACEHOLDERS", "add_arguments", "count_placeholders", "run", "tour"]
+__all__ = ["PLACEHOLDERS", "add_arguments", "count_placeholders", "print_tour", "run", "tour"]
 
 #: the tag vocabularies' internal classes (``training.data.tags``), never to be shown as a tag
 PLACEHOLDERS = frozenset({"<unknown>", "<other>"})
@@ -81,7 +81,7 @@ def _tag(step: dict[str, Any]) -> str:
     return f"{step['tag']} ({step['confidence']:.2f}{differs})"
 
 
-def _show(answers: dict[str, Any], history: list[tuple[str, str]]) -> None:
+def print_tour(answers: dict[str, Any], history: list[tuple[str, str]]) -> None:
     """Print the history (item id, title) and the tour; ids too, since titles repeat in the shop."""
     print("\nhistory (oldest first):")
     for item_id, title in history:
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         _wait_ready(base, process)
         with httpx.Client(base_url=base) as client:
             answers = tour(client, history)
-        _show(
+        print_tour(
             answers,
             [(dataset.items[i].item_id, dataset.items[i].title) for i in dataset.sequences[user][-5:]],
         )

@@ -28,7 +28,7 @@ from service.explanations import (
 from service.recommender import Query, Recommender
 from tests.service.conftest import RedisTarget, settings_for
 from tests.training.export.tiny_run import TinyRun
-from training.demo import PLACEHOLDERS, count_placeholders, tour
+from training.demo import PLACEHOLDERS, count_placeholders, print_tour, tour
 from training.export.bundle import BundleInputs, CatalogueRow, export_bundle
 
 LEVELS = [
@@ -194,7 +194,10 @@ def _history(tiny_run: TinyRun, user: int) -> list[str]:
 
 
 def test_no_placeholder_in_any_answer_of_the_demo_tour(
-    placeholder_client: TestClient, placeholder_bundle: Path, tiny_run: TinyRun
+    placeholder_client: TestClient,
+    placeholder_bundle: Path,
+    tiny_run: TinyRun,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     recommender = Recommender(load_bundle(placeholder_bundle, ["CPUExecutionProvider"], 1))
     levels = recommender.bundle.tag_levels
@@ -220,6 +223,9 @@ def test_no_placeholder_in_any_answer_of_the_demo_tour(
                     depth > 0 and not below.startswith(levels[depth - 1][raw[depth - 1][n]])
                 )
     assert raw_placeholders > 50 and shown > 100  # the heads did predict <other>; names were still shown
+    history = _history(tiny_run, 0)
+    print_tour(tour(placeholder_client, history), [(i, i) for i in history])  # the demo's printout
+    assert "placeholder tags in the tour's answers: 0" in capsys.readouterr().out
 
 
 def test_one_item_has_one_explanation_on_every_endpoint(
