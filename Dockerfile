@@ -42,7 +42,8 @@ RUN if ! command -v python3 >/dev/null; then \
       && rm -rf /var/lib/apt/lists/*; \
     fi \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin sidrec \
-    && mkdir /bundles
+    && mkdir /bundles \
+    && mkdir /spool && chown sidrec /spool
 COPY --from=serve-deps /opt/venv /opt/venv
 WORKDIR /app
 # Exactly these files make the service (tests/deploy checks that it starts from them alone).
@@ -53,7 +54,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SIDREC_HOST=0.0.0.0 \
     SIDREC_PORT=8000 \
-    SIDREC_BUNDLE_PATH=/bundles/demo
+    SIDREC_BUNDLE_PATH=/bundles/demo \
+    SIDREC_SPOOL_DIR=/spool
 USER sidrec
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

@@ -114,7 +114,9 @@ def start_service(
     bundle: Path, redis_port: int, api_key: str, cpus: list[int], env: dict[str, str], log_path: Path
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``python -m service`` on ``bundle`` (reload root: its parent) and the Redis on ``redis_port``,
-    pinned to ``cpus``, with ``env`` over the defaults; returns the process and its URL once ready."""
+    pinned to ``cpus``, with ``env`` over the defaults; returns the process and its URL once ready.
+    Its event spool is ``spool/`` beside ``log_path``: a service started again there takes over
+    what the last one spooled."""
     port = free_port()
     environment = {
         **os.environ,
@@ -126,6 +128,7 @@ def start_service(
         "SIDREC_HOST": "127.0.0.1",
         "SIDREC_LOG_LEVEL": "warning",
         "OMP_NUM_THREADS": "1",
+        "SIDREC_SPOOL_DIR": str(log_path.parent / "spool"),
         **env,
     }
     with log_path.open("w") as log:

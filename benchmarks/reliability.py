@@ -30,8 +30,13 @@ Starts its own ``redis-server`` (append-only, on a free port, in a temporary dir
              the JSON).
 6. fuzz      ``--fuzz-requests`` requests generated from the service's OpenAPI schema
              (benchmarks/fuzz.py): 0 answers 5xx, none leaks a traceback or a server path, every
-             4xx names its field. Last, so that what it leaves behind (registered items, reloads,
-             odd users) cannot touch the measured phases.
+             4xx names its field. After the measured phases, so that what it leaves behind
+             (registered items, reloads, odd users) cannot touch them.
+7. restart   twice: Redis stopped, events arriving (each acknowledged before the next is sent), the
+             service stopped by SIGTERM (with 20 half-open clients holding connections: the time
+             from the signal to the exit is ``shutdown_seconds``) and then by SIGKILL; Redis and the
+             service started again on the same spool folder, and every acknowledged event looked
+             up in Redis (``events_lost_on_restart``).
 
 Load comes from the open-loop harness in deploy/loadtest (every 2xx is checked for correctness).
 The service runs on the first half of the CPUs and the harness on the others (``--service-cpus``;
@@ -52,11 +57,14 @@ import platform
 import secrets
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +310,77 @@ def outage(
     }
 
 
+#: a request that announces a 50-byte body and sends one byte of it
+HALF_OPEN_REQUEST = (
+    b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{"
+)
+
+
+def restart_during_outage(
+    holder: dict[str, subprocess.Popen[bytes]],
+    url: str,
+    api_key: str,
+    redis_port: int,
+    redis_dir: Path,
+    how: signal.Signals,
+    restart: Callable[[], tuple[subprocess.Popen[bytes], str]],
+) -> tuple[dict[str, Any], str]:
+    """Stop Redis; send events, one user each, every one acknowledged before the next; stop the
+    service with ``how`` (SIGTERM: with 20 half-open clients connected) while they arrive; start
+    Redis and, with ``restart``, the service again; count the acknowledged events not in Redis.
+    Returns the report and the new service's URL."""
+    items = [row["item_id"] for row in httpx.get(f"{url}/items", params={"limit": 20}).json()["items"]]
+    stop(holder["redis"])
+    acknowledged: list[str] = []
+    done = threading.Event()
+
+    def send() -> None:
+        with httpx.Client(base_url=url, headers={"X-API-Key": api_key}, timeout=5) as client:
+            n = 0
+            while not done.is_set():
+                user = f"restart-{how.name}-{n}"
+                try:
+                    answer = client.post("/events", json={"user_id": user, "item_id": items[n % len(items)]})
+                except httpx.HTTPError:
+                    return  # the service is gone
+                if answer.status_code == 200:
+                    acknowledged.append(user)
+                n += 1
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    port = int(url.rsplit(":", 1)[1])
+    half_open = []
+    if how == signal.SIGTERM:
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(HALF_OPEN_REQUEST)
+            half_open.append(sock)
+    time.sleep(2.0)  # events keep arriving, spooled
+    service = holder["service"]
+    started = time.monotonic()
+    service.send_signal(how)
+    service.wait(120)
+    seconds = time.monotonic() - started
+    done.set()
+    sender.join(10)
+    for sock in half_open:
+        sock.close()
+    holder["redis"] = start_redis(redis_port, redis_dir)
+    holder["service"], url = restart()
+    client = redis.Redis(port=redis_port)
+    lost = sum(1 for user in acknowledged if not client.exists(f"{PREFIX}:history:{user}"))
+    report = {
+        "signal": how.name,
+        "half_open_clients": len(half_open),
+        "events_acknowledged": len(acknowledged),
+        "events_lost": lost,
+        "exit_seconds": round(seconds, 2),
+        "exit_code": service.returncode,
+    }
+    return report, url
+
+
 def reload_under_load(base: LoadTestConfig, rate: float, seconds: float, names: list[str]) -> dict[str, Any]:
     reloads: list[dict[str, Any]] = []
     started, finished = threading.Event(), threading.Event()
@@ -428,7 +507,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reload-seconds", type=float, default=20.0, help="length of the reload step")
     parser.add_argument("--outage-seconds", type=float, default=10.0)
     parser.add_argument("--soak-seconds", type=float, default=300.0)
-    parser.add_argument("--max-queue-delay-ms", type=float, default=200.0, help="SIDREC_MAX_QUEUE_DELAY_MS")
     parser.add_argument("--max-batch-size", type=int, default=32, help="SIDREC_MAX_BATCH_SIZE")
     parser.add_argument(
         "--beam",
@@ -437,12 +515,6 @@ def main(argv: list[str] | None = None) -> int:
         help="beam width of every load request (default: the bundle's). A wider beam costs the "
         "service more per request, so on a small machine the service saturates before the "
         "one-core client does, and the overload step overloads the service, not the client",
-    )
-    parser.add_argument(
-        "--decode-in-loop",
-        choices=("auto", "true", "false"),
-        default="auto",
-        help="SIDREC_DECODE_IN_LOOP for the service (default auto: in the loop on a single CPU)",
     )
     parser.add_argument(
         "--service-cpus",
@@ -463,17 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="sidrec-reliability-"))
     redis_port = free_port()
     holder = {"redis": start_redis(redis_port, workdir)}
-    env = {
-        "SIDREC_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms),
-        "SIDREC_MAX_BATCH_SIZE": str(args.max_batch_size),
-    }
-    if args.decode_in_loop != "auto":
-        env["SIDREC_DECODE_IN_LOOP"] = args.decode_in_loop
+    env = {"SIDREC_MAX_BATCH_SIZE": str(args.max_batch_size)}
     service_cpus, harness_cpus = split_cpus(args.service_cpus)
     report: dict[str, Any] = {"command": command}
-    service: subprocess.Popen[bytes] | None = None
     try:
         service, url = start_service(bundle, redis_port, api_key, service_cpus, env, workdir / "service.log")
+        holder["service"] = service
         os.sched_setaffinity(0, harness_cpus)
         model = httpx.get(f"{url}/v1/model").json()
         log(f"service {model['bundle_id']} on {url}, redis on port {redis_port}")
@@ -487,14 +554,14 @@ def main(argv: list[str] | None = None) -> int:
             p99_target_ms=1e9,  # each phase judges its own steps
             max_concurrency=256,
         )
-        log(f"[1/6] capacity: open-loop ramp to p99 > {args.p99_target_ms:g} ms")
+        log(f"[1/7] capacity: open-loop ramp to p99 > {args.p99_target_ms:g} ms")
         ramp = [] if args.rated_rps else capacity_ramp(base, args.ramp, args.ramp_seconds, args.p99_target_ms)
         rated = args.rated_rps or rated_load(ramp)
         if not rated:
             raise RuntimeError(f"no ramp rate met p99 <= {args.p99_target_ms:g} ms: {ramp}")
         log(f"  rated {rated:g} req/s")
 
-        log(f"[2/6] {args.pairs} pairs of steps at the rated load and at {args.overload_factor:g}x it")
+        log(f"[2/7] {args.pairs} pairs of steps at the rated load and at {args.overload_factor:g}x it")
         rated_outcomes: list[Outcome] = []
         overload_outcomes: list[Outcome] = []
         refused: dict[float, float] = {}  # the service's 429 latency histogram over the overload steps
@@ -528,30 +595,41 @@ def main(argv: list[str] | None = None) -> int:
             f"at the client, <= {overload['shed_server_p99_ms_at_most']} ms in the service)"
         )
 
-        log(f"[3/6] Redis outage of {args.outage_seconds:g} s under the rated load")
+        log(f"[3/7] Redis outage of {args.outage_seconds:g} s under the rated load")
         outage_report = outage(base, rated, redis_port, workdir, args, holder)
         log(
             f"  failed recommend {outage_report['recommend_failed']}, "
             f"events lost {outage_report['events_lost']}"
         )
 
-        log("[4/6] reload under the rated load")
+        log("[4/7] reload under the rated load")
         reload_report = reload_under_load(base, rated, args.reload_seconds, [second.name, bundle.name])
         log(
             f"  {reload_report['reloads_ok']}/{reload_report['reloads']} reloads, "
             f"failed requests {reload_report['failed_requests']}"
         )
 
-        log(f"[5/6] soak: {args.soak_seconds:g} s at the rated load")
+        log(f"[5/7] soak: {args.soak_seconds:g} s at the rated load")
         soak_report = soak(base, rated, args.soak_seconds, service.pid)
 
         # last, so that what the fuzzer leaves behind (registered items, reloads, odd users) cannot
         # slow or change the measured phases
-        log(f"[6/6] fuzzing {args.fuzz_requests} requests from the OpenAPI schema")
+        log(f"[6/7] fuzzing {args.fuzz_requests} requests from the OpenAPI schema")
         report["fuzz"] = fuzz(url, api_key, args.fuzz_requests, (str(bundle), str(REPO), str(workdir)))
+
+        log("[7/7] service SIGTERM (20 half-open clients) and SIGKILL during a Redis outage")
+        restarts = []
+
+        def relaunch() -> tuple[subprocess.Popen[bytes], str]:
+            return start_service(bundle, redis_port, api_key, service_cpus, env, workdir / "service.log")
+
+        for how in (signal.SIGTERM, signal.SIGKILL):
+            restarted, url = restart_during_outage(holder, url, api_key, redis_port, workdir, how, relaunch)
+            restarts.append(restarted)
+            log(f"  {restarted}")
     finally:
-        if service is not None:
-            stop(service)
+        if "service" in holder and holder["service"].poll() is None:
+            stop(holder["service"])
         stop(holder["redis"])
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -566,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         "redis_outage_requests": outage_report["recommend_requests"],
         "redis_outage_failed_requests": outage_report["recommend_failed"],
         "events_lost": outage_report["events_lost"],
+        "events_lost_on_restart": sum(r["events_lost"] for r in restarts),
+        "shutdown_seconds": next(r["exit_seconds"] for r in restarts if r["signal"] == "SIGTERM"),
         "rated_rps": rated,
         "p99_target_ms": args.p99_target_ms,
         "overload_rps": rated * args.overload_factor,
@@ -589,10 +669,10 @@ def main(argv: list[str] | None = None) -> int:
             "outage": outage_report,
             "reload": reload_report,
             "soak": soak_report,
+            "restart": restarts,
         },
         "model": model,
         "settings": {
-            "max_queue_delay_ms": args.max_queue_delay_ms,
             "max_batch_size": args.max_batch_size,
             "rated_rps": args.rated_rps,
             "overload_factor": args.overload_factor,
@@ -600,7 +680,6 @@ def main(argv: list[str] | None = None) -> int:
             "step_seconds": args.step_seconds,
             "reload_seconds": args.reload_seconds,
             "beam": args.beam,
-            "decode_in_loop": args.decode_in_loop,
             "service_cpus": service_cpus,
             "load_generator_cpus": harness_cpus,
         },
@@ -650,6 +729,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{reload_report['reloads_ok']} / {report['reload_requests']} / "
             f"{report['reload_failed_requests']}",
         ),
+        (
+            "restart in an outage: events acknowledged / lost (SIGTERM, SIGKILL)",
+            ", ".join(f"{r['events_acknowledged']} / {r['events_lost']}" for r in restarts),
+        ),
+        ("SIGTERM with 20 half-open clients: seconds to exit", str(report["shutdown_seconds"])),
         (
             "soak RSS MB start / end / max",
             f"{report['soak_rss_mb_start']} / {report['soak_rss_mb_end']} / {report['soak_rss_mb_max']}",

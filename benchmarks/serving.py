@@ -4,7 +4,7 @@
       --out benchmarks/results/serving-cpu.json
 
 (a) service: requests go through the real ``MicroBatcher`` (cap = the batch size, 2 ms wait, the
-    service's batch workers and onnxruntime threads: ``Settings.decoding_layout``) into
+    service's batch workers and onnxruntime threads: ``DecodingLayout.for_cpus``) into
     ``Recommender``: one encoder call per batch (history encoded once per request), one step call per
     level over batch × beam, the STATIC-style prefix index for the masks, explanations included.
     Closed loop: ``batch size × workers`` concurrent clients, each sending its next request when
@@ -43,11 +43,11 @@ import numpy as np
 
 from service.batcher import MicroBatcher
 from service.beam_search import log_softmax
-from service.bundle import cpu_limit, load_bundle
+from service.bundle import load_bundle
+from service.layout import DecodingLayout, cpu_limit
 from service.memory import freeze_heap, tune_allocator
 from service.metrics import ServiceMetrics
 from service.recommender import Query, Recommender
-from service.settings import decoding_layout
 
 
 def read_histories(data: Path | None, n_items: int, count: int, seed: int) -> tuple[list[list[int]], str]:
@@ -233,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python -m benchmarks.serving " + shlex.join(sys.argv[1:] if argv is None else argv)
 
-    workers, threads = decoding_layout(cpu_limit(), args.workers, args.threads)
+    cpus = cpu_limit()
+    workers = args.workers or DecodingLayout.for_cpus(cpus).workers  # 0: as the service
+    threads = args.threads or max(1, cpus // workers)
     bundle = load_bundle(args.bundle, args.provider.split(","), threads)
     recommender = Recommender(bundle)  # the incremental graphs when the bundle has them
     modes = {"both": [True, False], "on": [True], "off": [False]}[args.kv_cache]

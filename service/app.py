@@ -125,11 +125,9 @@ SHED_PATHS = frozenset({"/recommend", "/recommend/batch"})
 
 
 class ShedEarly:
-    """429 for a recommendation the service could only answer late, before its body is even read.
-
-    ``AdmissionControl`` decides again inside the route (where it also counts the request in), but
-    by then the request has been parsed and validated: under overload that is work spent only to
-    refuse it, taken from the requests being answered. Refusing here costs a header lookup.
+    """429 + Retry-After for a recommendation that finds the request queue full, before its body is
+    even read: refused in the route, it would first be parsed and validated, work spent only to
+    refuse it and taken from the requests being answered. Refusing here costs a length check.
     """
 
     def __init__(self, app: ASGIApp, service: Callable[[], ServiceState | None]) -> None:
@@ -138,10 +136,10 @@ class ShedEarly:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.service() if scope["type"] == "http" and scope["path"] in SHED_PATHS else None
-        refused = state.admission.refusal() if state is not None and scope["method"] == "POST" else None
-        if refused is None:
+        if state is None or scope["method"] != "POST" or not state.batcher.full:
             await self.app(scope, receive, send)
             return
+        refused = state.batcher.refusal()
         headers = {"Retry-After": str(max(1, round(refused.retry_after)))}
         await JSONResponse({"detail": str(refused)}, status_code=429, headers=headers)(scope, receive, send)
 

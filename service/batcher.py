@@ -1,30 +1,22 @@
-"""Micro-batching: many concurrent requests, one model call.
+"""Micro-batching: many concurrent requests, one model call, and the service's overload control.
 
 Requests wait in a bounded ``asyncio.Queue``; a single batcher task takes the first waiting request,
-gathers more for at most ``max_wait_ms`` (or until ``max_batch_size``), and runs the batch in a
-worker thread so the event loop keeps accepting requests meanwhile. Up to ``workers`` batches decode
-at once, each in its own thread (``SIDREC_BATCH_WORKERS``; see ``service.settings.decoding_layout``
-for when that pays). A batch is only gathered once a worker is free, so requests wait in the queue,
-not in a thread.
+gathers more for at most ``max_wait_ms`` (or until ``max_batch_size``), and decodes the batch. How
+it decodes follows from the CPUs the process may use (``service.layout.DecodingLayout``): in up to
+``workers`` threads at once, or, on a single CPU (``in_loop``), on the event loop itself, one step
+at a time (the encoder call, then each level of the beam search: ``Recommender.recommend_steps``),
+answering whatever has arrived between two steps. A batch is only gathered once a worker is free,
+so requests wait in the queue, not in a thread. Every request carries its own future: a batch that
+fails is retried one request at a time so each caller gets its own result or its own error.
 
-On a single CPU a thread buys no parallelism, only contention: the decoding thread and the event
-loop hand the GIL and the core back and forth, and under load each of them waits for the other.
-There (``in_loop``) the event loop runs the decode itself, one step at a time (the encoder call,
-then each level of the beam search: ``Recommender.recommend_steps``), and between two steps answers
-whatever has arrived, so a request is still refused or read within a step's time, not a batch's.
-There a batch does not wait to fill up either (``Settings.batch_wait_ms``: 0 unless
-``SIDREC_MAX_WAIT_MS`` says otherwise): while it waits nothing decodes, and under load the requests it
-waits for arrive during the decode anyway and make up the next batch. Measured side by side
-(``benchmarks/results/ab-gather-wait.json``, one CPU, beam 100): at 100 req/s, twice the rated load,
-admitted p99 71.6 ms without the wait and 98.3 ms with 2 ms, 18 and 129 requests shed.
-Every request carries its own future: a batch that fails is retried one request at a time so each
-caller gets its own result or its own error. A full queue refuses at once (``Overloaded`` -> 429 +
-Retry-After) instead of letting latency grow without bound for everyone already admitted.
+Overload control is three rules, nothing adaptive:
 
-How long a request may wait is decided before it gets here (``service.admission``, which sees the
-whole service, not only this queue). Every job carries a deadline; a job whose deadline has passed
-while it queued is dropped before it reaches the model (``DeadlineExceeded`` -> 503,
-``sidrec_expired_total``), so work nobody waits for any more never delays the requests behind it.
+- a full queue refuses at once (``Overloaded`` -> 429 + Retry-After, ``sidrec_rejected_total``);
+  ``service.app`` asks ``full`` before it even reads a recommendation's body;
+- every job carries a deadline (``SIDREC_REQUEST_TIMEOUT_MS``), and a job whose deadline passed
+  while it queued is dropped before it reaches the model (``DeadlineExceeded`` -> 503,
+  ``sidrec_expired_total``), so work nobody waits for never delays the requests behind it;
+- the queue's bound (``SIDREC_QUEUE_SIZE``) is what bounds the wait of the requests admitted.
 
 Each job also carries the ``Recommender`` its ids were resolved against; a batch only groups jobs of
 the same one, so after ``/admin/reload`` queued requests still finish on the bundle they started on.
@@ -43,7 +35,6 @@ from service.beam_search import Steps
 from service.errors import DeadlineExceeded, Overloaded, ServiceError
 from service.metrics import ServiceMetrics
 from service.recommender import Query, Recommendation, Recommender
-from service.saturation import Saturation
 
 __all__ = ["MicroBatcher"]
 
@@ -67,15 +58,12 @@ class MicroBatcher:
         queue_size: int,
         metrics: ServiceMetrics,
         workers: int = 1,
-        saturation: Saturation | None = None,
         in_loop: bool = False,
     ) -> None:
         """``workers``: batches decoding at once (each ``Recommender.recommend`` in its own thread);
-        ``saturation``: where the workers' busy time is recorded (``service.saturation``);
         ``in_loop``: decode on the event loop, step by step, instead of in threads (see above)."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.saturation = saturation or Saturation(workers)
         self.max_batch_size = max_batch_size
         self.workers = workers
         self.in_loop = in_loop
@@ -105,25 +93,28 @@ class MicroBatcher:
     def depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def full(self) -> bool:
+        return self._queue.full()
+
+    def refusal(self) -> Overloaded:
+        """Count and return the refusal of a request that finds the queue full."""
+        self._metrics.rejected.inc()
+        return Overloaded(f"request queue is full ({self._queue.qsize()} waiting); retry shortly")
+
     async def submit(
         self, recommender: Recommender, query: Query, deadline: float = math.inf
     ) -> list[Recommendation]:
         """Queue a query that must be answered by ``deadline`` (``time.perf_counter()``), or refuse it."""
         if self._queue.full():
-            self._metrics.rejected.inc()
-            raise Overloaded(f"request queue is full ({self._queue.qsize()} waiting); retry shortly")
+            raise self.refusal()
         job = _Job(recommender, query, asyncio.get_running_loop().create_future(), deadline)
         self._queue.put_nowait(job)
         return await job.future
 
     async def _collect(self) -> list[_Job]:
         batch = [await self._queue.get()]
-        self.saturation.begin()  # busy from here until ``_run_batch`` ends
-        try:
-            await self._fill(batch)
-        except BaseException:  # cancelled while gathering: the batch never runs
-            self.saturation.end()
-            raise
+        await self._fill(batch)
         return batch
 
     async def _fill(self, batch: list[_Job]) -> None:
@@ -160,7 +151,6 @@ class MicroBatcher:
             for group in groups.values():
                 await self._run_group(group)
         finally:
-            self.saturation.end()
             self._free.release()
 
     async def _run_group(self, jobs: list[_Job]) -> None:

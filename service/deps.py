@@ -15,7 +15,7 @@ from service.errors import Unauthorized
 from service.settings import Settings
 from service.state import ServiceState
 
-__all__ = ["ApiKey", "EventsKey", "State"]
+__all__ = ["ApiKey", "EventsKey", "Operator", "State"]
 
 
 async def get_state(request: Request) -> ServiceState:
@@ -49,6 +49,19 @@ async def require_events_key(
         await require_api_key(state, x_api_key)
 
 
+async def is_operator(
+    state: Annotated[ServiceState, Depends(get_state)],
+    x_api_key: Annotated[str | None, Header(description="the service's SIDREC_API_KEY")] = None,
+) -> bool:
+    """Whether the caller sent the right API key (for endpoints that show operators more)."""
+    try:
+        await require_api_key(state, x_api_key)
+    except Unauthorized:
+        return False
+    return True
+
+
 State = Annotated[ServiceState, Depends(get_state)]
+Operator = Annotated[bool, Depends(is_operator)]
 ApiKey = Depends(require_api_key)
 EventsKey = Depends(require_events_key)

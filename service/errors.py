@@ -10,8 +10,8 @@ place that turns them into HTTP status codes (see ``service.app``), so no route 
 - ``UnknownItem``: an item id in a URL that is not in the catalogue (404); an unknown id inside a
   request body is an ``InvalidRequest`` naming the field (422).
 - ``InvalidRequest``: a well-formed request that asks for something impossible (422).
-- ``Overloaded``: the request queue is full, or the request's expected wait exceeds the latency
-  budget (``service.admission``); retry after ``retry_after`` seconds (429).
+- ``Overloaded``: the request queue is full (``service.batcher``); retry after ``retry_after``
+  seconds (429).
 - ``DeadlineExceeded``: the request's deadline passed while it was queued, so it was dropped before
   the model (503 + Retry-After).
 - ``Unauthorized``: a write/admin endpoint without the right API key (401).

@@ -42,7 +42,7 @@ class ServiceMetrics:
         )
         self.rejected = Counter(
             "sidrec_rejected_total",
-            "requests refused because the queue was full (or too slow to drain)",
+            "requests refused because the queue was full",
             registry=r,
         )
         self.redis_up = Gauge("sidrec_redis_up", "1 when Redis answers, 0 when degraded", registry=r)
@@ -62,12 +62,6 @@ class ServiceMetrics:
         self.expired = Counter(
             "sidrec_expired_total",
             "requests dropped before the model because their deadline passed",
-            registry=r,
-        )
-        self.saturation = Gauge(
-            "sidrec_saturation",
-            "recent share of time the decoder or the CPUs were busy, the larger (admission's budget "
-            "applies near 1)",
             registry=r,
         )
         self.cache_hits = Counter(

@@ -11,9 +11,9 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.bundle import cpu_limit
-from service.deps import ApiKey, EventsKey, State
+from service.deps import ApiKey, EventsKey, Operator, State
 from service.errors import ERROR_STATUS, ServiceError
+from service.layout import DecodingLayout, cpu_limit
 from service.schemas import (
     MAX_PAGE,
     BatchRequest,
@@ -113,43 +113,52 @@ async def readyz(state: State, request: Request) -> JSONResponse:
         "store": store,
         "bundle_id": state.bundle.bundle_id,
         "queue": state.batcher.depth,
-        "in_service": state.admission.in_service,
-        "saturation": round(state.batcher.saturation.level, 3),
     }
     return JSONResponse(body, status_code=503 if stopping else 200)
 
 
 @router.get("/metrics", tags=["ops"])
 async def metrics(state: State) -> Response:
-    """Prometheus metrics: latency, batch size, queue wait, beam step time, Redis state."""
+    """Prometheus metrics: latency, batch size, queue wait, beam step time, Redis state.
+
+    Open, like ``/healthz``: aggregate counters and histograms only (no ids, keys, paths or versions),
+    for a scraper inside the network; keep the path off a public ingress (deploy/README.md)."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/model", tags=["ops"])
-async def model_info(state: State) -> dict[str, Any]:
-    """What is being served: bundle id, provider, ID spec, decoding limits, metrics of the run."""
+async def model_info(state: State, operator: Operator) -> dict[str, Any]:
+    """What is being served: bundle id, ID spec and decoding limits (what a client needs); with the
+    API key also where it came from (commit, creation time, metrics of the run) and how it runs
+    (provider, batching), which tell an attacker more than a client needs."""
     bundle = state.bundle
     manifest = bundle.manifest
-    return {
+    public = {
         "bundle_id": manifest.bundle_id,
-        "bundle": bundle.path.name,  # the directory's name only: server paths are never shown
-        "created_at": manifest.created_at,
-        "git_sha": manifest.git_sha,
-        "provider": bundle.provider,
         "n_items": state.recommender.snapshot.n_items,
         "n_items_trained": manifest.n_items,
         "id_spec": manifest.id_spec.model_dump(),
         "decoding": manifest.decoding.model_dump(),
-        "batching": {
-            "max_batch_size": state.settings.max_batch_size,
-            "max_wait_ms": state.batcher.max_wait_s * 1000,
-            "decode_in_loop": state.batcher.in_loop,
-            "queue_size": state.settings.queue_size,
-            "max_queue_delay_ms": state.settings.max_queue_delay_ms,
-            "batch_workers": state.batcher.workers,
-            "threads_per_session": state.settings.decoding_layout(cpu_limit())[1],
-        },
         "store": state.store.state,
+    }
+    if not operator:
+        return public
+    batcher = state.batcher
+    return {
+        **public,
+        "bundle": bundle.path.name,  # the directory's name only: server paths are never shown
+        "created_at": manifest.created_at,
+        "git_sha": manifest.git_sha,
+        "provider": bundle.provider,
+        "batching": {
+            "max_batch_size": batcher.max_batch_size,
+            "max_wait_ms": batcher.max_wait_s * 1000,
+            "decode_in_loop": batcher.in_loop,
+            "queue_size": state.settings.queue_size,
+            "batch_workers": batcher.workers,
+            "threads_per_session": DecodingLayout.for_cpus(cpu_limit()).threads,
+            "cpu_limit": cpu_limit(),
+        },
         "metrics": _without_paths(manifest.metrics),
     }
 

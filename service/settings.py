@@ -2,7 +2,7 @@
 
 Built by the cached ``get_settings()`` factory (never at import time), so tests and ``python -m
 service`` can set the environment first. Unsafe values fail fast at start-up with the variable's
-name: a non-existent bundle path, a short API key, batching knobs outside sane bounds.
+name: a non-existent bundle path, a short API key, a value outside its documented range.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "decoding_layout", "get_settings"]
+__all__ = ["Settings", "get_settings"]
 
 
 class Settings(BaseSettings):
@@ -37,41 +37,15 @@ class Settings(BaseSettings):
         "CUDAExecutionProvider,CPUExecutionProvider",
         description="onnxruntime providers in order of preference; unavailable ones are skipped",
     )
-    kv_cache: bool = Field(
-        True,
-        description="decode with the bundle's incremental K/V-cached step graphs if present "
-        "(else with the reference step graph)",
+    max_batch_size: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="requests per micro-batch at most (the rest of the decoding layout follows from the "
+        "CPU limit: service/layout.py)",
     )
-    threads: int = Field(
-        0, ge=0, le=256, description="onnxruntime intra-op threads per session; 0 = CPU limit / batch_workers"
-    )
-    batch_workers: int = Field(
-        0,
-        ge=0,
-        le=64,
-        description="micro-batches decoded at once, each in its own thread; 0 = one per 4 CPUs (at least 1)",
-    )
-    decode_in_loop: bool | None = Field(
-        None,
-        description="decode on the event loop, step by step, instead of in worker threads; unset = "
-        "when the process may use a single CPU (see service/batcher.py)",
-    )
-    max_batch_size: int = Field(32, ge=1, le=1024, description="requests per micro-batch at most")
-    max_wait_ms: float | None = Field(
-        None,
-        ge=0,
-        le=1000,
-        description="how long a batch waits to fill up; unset = 2 ms with decoding threads, none when "
-        "the event loop decodes (see service/batcher.py)",
-    )
-    queue_size: int = Field(256, ge=1, le=100_000, description="queued requests before 429")
-    max_queue_delay_ms: float = Field(
-        0.0,
-        ge=0,
-        le=60_000,
-        description="429 when a request's expected wait behind the requests already in the service "
-        "(in service × the time each request ahead has recently added) is longer, while the decoder "
-        "is saturated; 0 = only the queue size and the deadline (see service/admission.py)",
+    queue_size: int = Field(
+        256, ge=1, le=100_000, description="requests waiting for the model; the next gets 429 + Retry-After"
     )
     request_timeout_ms: float = Field(
         2000.0,
@@ -123,37 +97,9 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    def decoding_layout(self, cpus: int) -> tuple[int, int]:
-        """(batch workers, onnxruntime threads per session) for a process allowed ``cpus`` CPUs."""
-        return decoding_layout(cpus, self.batch_workers, self.threads)
-
-    def decodes_in_loop(self, cpus: int) -> bool:
-        """Whether a process allowed ``cpus`` CPUs decodes on its event loop (``decode_in_loop``)."""
-        return cpus == 1 if self.decode_in_loop is None else self.decode_in_loop
-
-    def batch_wait_ms(self, in_loop: bool) -> float:
-        """How long a batch waits to fill up: ``max_wait_ms``, or its default for the decoding mode."""
-        if self.max_wait_ms is not None:
-            return self.max_wait_ms
-        return 0.0 if in_loop else 2.0
-
     @property
     def provider_list(self) -> list[str]:
         return [p.strip() for p in self.providers.split(",") if p.strip()]
-
-
-def decoding_layout(cpus: int, workers: int = 0, threads: int = 0) -> tuple[int, int]:
-    """(batch workers, onnxruntime threads per session); 0 picks the default.
-
-    Default: one batch worker per 4 CPUs (at least 1), the CPUs shared out as intra-op threads. In
-    process, two single-threaded workers on 2 cores decode 1.7x the requests of one two-threaded
-    worker (benchmarks/serving.py --workers 2), but behind HTTP on the same 2 cores they halved the
-    closed-loop throughput (185 vs 378 req/s, benchmarks/reliability.py): the event loop, parsing and
-    answering requests, needs a core of its own, and two workers holding the GIL between graph calls
-    starve it. More workers pay off only where cores are left over for the event loop.
-    """
-    workers = workers or max(1, cpus // 4)
-    return workers, threads or max(1, cpus // workers)
 
 
 @functools.cache

@@ -17,15 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from service.admission import AdmissionControl
 from service.batcher import MicroBatcher
-from service.bundle import LoadedBundle, cpu_limit, load_bundle
+from service.bundle import LoadedBundle, load_bundle
 from service.errors import BundleError, InvalidRequest, UnknownItem
 from service.explanations import TagScore, ground
+from service.layout import DecodingLayout, cpu_limit
 from service.memory import freeze_heap, tune_allocator
 from service.metrics import ServiceMetrics
 from service.recommender import Query, Recommendation, Recommender
-from service.saturation import Saturation
 from service.schemas import (
     GroundingOut,
     HistoryItem,
@@ -54,7 +53,6 @@ class ServiceState:
     recommender: Recommender
     store: Store
     batcher: MicroBatcher
-    admission: AdmissionControl
     metrics: ServiceMetrics
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -76,33 +74,20 @@ class ServiceState:
             )
         else:
             store = MemoryStore(settings.history_cap)
-        workers = settings.decoding_layout(cpu_limit())[0]
-        saturation = Saturation(workers, cpus=cpu_limit())
-        metrics.saturation.set_function(lambda: saturation.level)
-        in_loop = settings.decodes_in_loop(cpu_limit())
-        state = cls(
-            settings,
-            recommender,
-            store,
-            MicroBatcher(
-                settings.max_batch_size,
-                settings.batch_wait_ms(in_loop),
-                settings.queue_size,
-                metrics,
-                workers=workers,
-                saturation=saturation,
-                in_loop=in_loop,
-            ),
-            AdmissionControl(
-                settings.max_queue_delay_ms, settings.request_timeout_ms, metrics, saturation=saturation
-            ),
+        layout = DecodingLayout.for_cpus(cpu_limit())
+        batcher = MicroBatcher(
+            settings.max_batch_size,
+            layout.wait_ms,
+            settings.queue_size,
             metrics,
+            workers=layout.workers,
+            in_loop=layout.in_loop,
         )
+        state = cls(settings, recommender, store, batcher, metrics)
         await state._attach(recommender)
         tune_allocator()
         freeze_heap()
         state.batcher.start()
-        state.admission.start()
         log.info(
             "serving bundle %s on %s, store %s",
             recommender.bundle.bundle_id,
@@ -112,7 +97,6 @@ class ServiceState:
         return state
 
     async def close(self) -> None:
-        await self.admission.stop()
         await self.batcher.stop()
         await self.store.close()
         gc.unfreeze()  # the bundle is no longer needed: let the collector have it
@@ -122,8 +106,8 @@ class ServiceState:
         """Load, verify and warm a bundle: one request of the default size runs through every graph
         here, off the serving path, so a graph that cannot run is refused like any other bad bundle
         and the first requests served do not pay for onnxruntime's first-run allocations."""
-        bundle = load_bundle(path, settings.provider_list, settings.decoding_layout(cpu_limit())[1])
-        recommender = Recommender(bundle, kv_cache=settings.kv_cache)
+        bundle = load_bundle(path, settings.provider_list, DecodingLayout.for_cpus(cpu_limit()).threads)
+        recommender = Recommender(bundle)
         decoding = bundle.manifest.decoding
         try:
             recommender.recommend([Query(history=[0], k=min(decoding.k, decoding.beam), beam=decoding.beam)])
@@ -160,8 +144,7 @@ class ServiceState:
 
     async def reload(self, name: str | None) -> tuple[str, str]:
         """Load, verify and warm another bundle, then swap atomically; queued requests finish on the
-        old one. While it loads, the old bundle serves on and admission applies only the deadline
-        (``AdmissionControl.reloading``): the pause is the service's own work, never a reason to refuse.
+        old one, and the old bundle serves on while the new one loads.
 
         A bundle that fails verification is refused with one log line naming the fault (with its full
         path, for the operator); the client gets the same reason without server paths, and the old
@@ -169,20 +152,19 @@ class ServiceState:
         """
         path = self.bundle_dir(name)
         async with self.reload_lock:
-            with self.admission.reloading():
-                try:
-                    fresh = await asyncio.to_thread(self._load, self.settings, path)
-                except BundleError as exc:
-                    log.error("reload of %s refused, still serving %s: %s", path, self.bundle.bundle_id, exc)
-                    reason = str(exc).replace(f"{path}/", "").replace(str(path), "the bundle directory")
-                    raise BundleError(
-                        f"bundle: {path.name!r} refused ({reason}); still serving {self.bundle.bundle_id}"
-                    ) from None
-                await self._attach(fresh)
-                previous, self.recommender = self.bundle.bundle_id, fresh
-            await self.admission.pause_over()  # no request holds the replaced bundle any more
-            with self.admission.reloading():  # the collection stops the process: the reload's own work
-                freeze_heap()
+            try:
+                fresh = await asyncio.to_thread(self._load, self.settings, path)
+            except BundleError as exc:
+                log.error("reload of %s refused, still serving %s: %s", path, self.bundle.bundle_id, exc)
+                reason = str(exc).replace(f"{path}/", "").replace(str(path), "the bundle directory")
+                raise BundleError(
+                    f"bundle: {path.name!r} refused ({reason}); still serving {self.bundle.bundle_id}"
+                ) from None
+            await self._attach(fresh)
+            previous, self.recommender = self.bundle.bundle_id, fresh
+            # What requests in flight still hold of the old bundle may be frozen with the rest; the
+            # next reload's freeze_heap unfreezes and collects it.
+            freeze_heap()
         log.info("reloaded: %s -> %s", previous, fresh.bundle.bundle_id)
         return previous, fresh.bundle.bundle_id
 
@@ -273,11 +255,8 @@ class ServiceState:
         return out
 
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
-        """Admit (or refuse at once), then answer from one bundle, even across a reload."""
-        with self.admission.admit():
-            return await self._recommend(request)
-
-    async def _recommend(self, request: RecommendRequest) -> RecommendResponse:
+        """Answer from one bundle, even across a reload, by the request's deadline or not at all
+        (a full queue refuses at once: ``MicroBatcher``)."""
         deadline = time.perf_counter() + self.settings.request_timeout_ms / 1000
         recommender = self.recommender  # one bundle for the whole request, even across a reload
         query = await self._query(recommender, request)

@@ -75,3 +75,10 @@ def test_docker_compose_config_parses():
             ["docker", "compose", *args, "config", "--quiet"], cwd=REPO, capture_output=True
         )
         assert result.returncode == 0, result.stderr.decode()
+
+
+def test_api_keeps_its_event_spool_on_a_volume(compose):
+    api = compose["services"]["api"]
+    assert api["environment"]["SIDREC_SPOOL_DIR"] == "/spool"
+    assert "spool:/spool" in api["volumes"] and "spool" in compose["volumes"]
+    assert api["stop_grace_period"] == "20s"  # past the service's own 10-s shutdown grace

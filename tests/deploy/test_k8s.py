@@ -128,3 +128,14 @@ def test_gpu_overlay_puts_the_api_on_gpu_nodes():
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"  # the patch keeps the base's probes
     base_api = _one(_render("base"), "Deployment", "sidrec-api")
     assert "nodeSelector" not in base_api["spec"]["template"]["spec"]
+
+
+def test_api_keeps_its_event_spool_on_a_claim_and_stops_within_the_pod_grace(docs):
+    api = _one(docs, "Deployment", "sidrec-api")["spec"]["template"]["spec"]
+    (container,) = api["containers"]
+    spool_dir = _one(docs, "ConfigMap", "sidrec-config")["data"]["SIDREC_SPOOL_DIR"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == spool_dir]
+    (volume,) = [v for v in api["volumes"] if v["name"] == mount["name"]]
+    assert volume["persistentVolumeClaim"]["claimName"] == "sidrec-spool"
+    grace = float(_one(docs, "ConfigMap", "sidrec-config")["data"]["SIDREC_SHUTDOWN_GRACE_S"])
+    assert grace < api["terminationGracePeriodSeconds"]

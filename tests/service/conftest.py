@@ -117,8 +117,6 @@ def settings_for(bundle: Path, **overrides: object) -> Settings:
         "bundle_path": bundle,
         "api_key": API_KEY,
         "providers": "CPUExecutionProvider",
-        "threads": 1,
-        "max_wait_ms": 1.0,
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

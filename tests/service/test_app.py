@@ -182,9 +182,13 @@ def test_ops_endpoints(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["store"] == "ok"
-    info = client.get("/v1/model").json()
+    public = client.get("/v1/model").json()  # what a client needs, nothing about how it is built or run
+    assert public["id_spec"]["id_length"] == 3 and public["decoding"]["max_k"] >= 1
+    assert not {"git_sha", "created_at", "provider", "batching", "metrics", "bundle"} & public.keys()
+    info = client.get("/v1/model", headers={"X-API-Key": API_KEY}).json()
     assert info["provider"] == "CPUExecutionProvider" and info["id_spec"]["id_length"] == 3
     assert info["batching"]["batch_workers"] >= 1 and info["batching"]["threads_per_session"] >= 1
+    assert info["batching"]["cpu_limit"] >= 1 and "git_sha" in info
     client.post("/recommend", json={"history": [client.get("/items").json()["items"][0]["item_id"]]})
     text = client.get("/metrics").text
     for name in (

@@ -6,13 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
+import redis
 
 from benchmarks import ab
-from benchmarks.reliability import rated_load, server_refusal_p99_ms
+from benchmarks.local_service import start_redis, start_service, stop
+from benchmarks.reliability import rated_load, restart_during_outage, server_refusal_p99_ms
 from benchmarks.serving import main
+from tests.service.conftest import API_KEY, free_port
 from tests.training.export.tiny_run import TinyRun
 
 
@@ -62,13 +68,13 @@ def test_ab_benchmark_smoke(tiny_run: TinyRun, tmp_path: Path, capsys) -> None:
         "--variant",
         "defaults",
         "--variant",
-        "tight=SIDREC_MAX_QUEUE_DELAY_MS=20",
+        "tight=SIDREC_QUEUE_SIZE=20",
     ]
     args += ["--rate", "4", "--rounds", "1", "--step-seconds", "1", "--out", str(out)]
     assert ab.main(args) == 0
     report = json.loads(out.read_text())
     assert report["command"].startswith("python -m benchmarks.ab --bundle")
-    assert report["variants"]["tight"]["env"] == {"SIDREC_MAX_QUEUE_DELAY_MS": "20"}
+    assert report["variants"]["tight"]["env"] == {"SIDREC_QUEUE_SIZE": "20"}
     for result in report["variants"].values():
         assert result["rated_refused_or_failed"] == 0 and result["rated_p99_ms"] > 0
         assert len(result["rounds"]) == 1
@@ -81,3 +87,28 @@ def test_an_ab_variant_names_sidrec_settings_only() -> None:
     for bad in ("a=PATH=/tmp", "a=SIDREC_X", "=SIDREC_X=1"):
         with pytest.raises(argparse.ArgumentTypeError):
             ab.variant(bad)
+
+
+def test_reliability_restart_phase_smoke(tiny_run: TinyRun, tmp_path: Path) -> None:
+    """The restart phase on the tiny bundle: SIGTERM with 20 half-open clients, then SIGKILL, during
+    a Redis outage with events arriving; nothing acknowledged is lost and SIGTERM exits in time."""
+    port = free_port()
+    cpus = sorted(os.sched_getaffinity(0))
+    env = {"SIDREC_READ_TIMEOUT_S": "30", "SIDREC_SHUTDOWN_GRACE_S": "2"}  # the grace ends the clients
+
+    def launch() -> tuple[subprocess.Popen[bytes], str]:
+        return start_service(tiny_run.bundle, port, API_KEY, cpus, env, tmp_path / "service.log")
+
+    holder = {"redis": start_redis(port, tmp_path)}
+    try:
+        holder["service"], url = launch()
+        for how in (signal.SIGTERM, signal.SIGKILL):
+            report, url = restart_during_outage(holder, url, API_KEY, port, tmp_path, how, launch)
+            assert report["events_acknowledged"] > 0 and report["events_lost"] == 0, report
+            if how == signal.SIGTERM:
+                assert report["half_open_clients"] == 20 and report["exit_seconds"] < 2 + 2.0, report
+        assert redis.Redis(port=port).exists("sidrec:history:restart-SIGKILL-0")
+    finally:
+        if "service" in holder and holder["service"].poll() is None:
+            stop(holder["service"])
+        stop(holder["redis"])

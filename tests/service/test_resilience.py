@@ -98,7 +98,7 @@ def test_full_queue_refuses_quickly_and_admitted_requests_finish(tiny_run: TinyR
 
 
 def test_overload_is_429_with_retry_after(tiny_run: TinyRun) -> None:
-    settings = settings_for(tiny_run.bundle, queue_size=1, max_batch_size=1, max_wait_ms=0)
+    settings = settings_for(tiny_run.bundle, queue_size=1, max_batch_size=1)
     with TestClient(create_app(settings)) as client:
         history = some_history(client)
         with ThreadPoolExecutor(16) as pool:
@@ -113,21 +113,28 @@ def test_overload_is_429_with_retry_after(tiny_run: TinyRun) -> None:
     assert refused.headers["Retry-After"] == "1" and "queue is full" in refused.text
 
 
-def test_overloaded_service_refuses_before_reading_the_body(tiny_run: TinyRun) -> None:
-    """Under overload a recommendation is refused on its headers: even a malformed body gets 429 (not
-    422), so refusing costs no parsing; other routes and a service with room answer as usual."""
-    with TestClient(create_app(settings_for(tiny_run.bundle))) as client:
-        admission = client.app.state.service.admission  # type: ignore[attr-defined]
+def test_a_full_queue_refuses_before_reading_the_body(tiny_run: TinyRun) -> None:
+    """With the queue full a recommendation is refused on its headers: even a malformed body gets 429
+    (not 422), so refusing costs no parsing; other routes answer as usual, and once there is room
+    again recommendations are parsed and answered."""
+    with TestClient(create_app(settings_for(tiny_run.bundle, queue_size=1))) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
         malformed = {"content": b"{not json", "headers": {"content-type": "application/json"}}
         assert client.post("/recommend", **malformed).status_code == 422  # room: parsed, and invalid
-        admission.refusal = lambda: Overloaded("9 requests ahead, about 900 ms of work; retry shortly")
+        client.portal.call(service.batcher.stop)  # nothing takes requests off the queue any more
+        waiting = client.portal.start_task_soon(  # type: ignore[union-attr]
+            service.batcher.submit, service.recommender, Query(history=[1], k=1, beam=1)
+        )
         for path in ("/recommend", "/recommend/batch"):
             refused = client.post(path, **malformed)
             assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
-            assert refused.json() == {"detail": "9 requests ahead, about 900 ms of work; retry shortly"}
+            assert refused.json() == {"detail": "request queue is full (1 waiting); retry shortly"}
         assert client.get("/items", params={"limit": 1}).status_code == 200
         metrics = client.get("/metrics").text
         assert 'sidrec_request_latency_seconds_count{route="/recommend",status="429"} 1.0' in metrics
+        assert "sidrec_rejected_total 2.0" in metrics
+        client.portal.call(service.batcher.stop)  # answers the waiting request: shutting down
+        assert isinstance(waiting.exception(timeout=10), Overloaded)
 
 
 def test_service_never_imports_torch_or_training(tiny_run: TinyRun) -> None:
@@ -236,16 +243,6 @@ def test_decoding_on_the_event_loop_answers_as_a_thread_does_and_lets_the_loop_i
     assert all(later > earlier for earlier, later in itertools.pairwise(seen)), (
         f"the event loop ran nothing between two steps of the decode: {seen}"
     )
-
-
-def test_decoding_runs_on_the_event_loop_by_default_only_on_a_single_cpu(tiny_run: TinyRun) -> None:
-    """And there a batch does not wait to fill up, unless ``max_wait_ms`` is set."""
-    automatic = settings_for(tiny_run.bundle, max_wait_ms=None)
-    assert automatic.decodes_in_loop(1) and not automatic.decodes_in_loop(2)
-    assert settings_for(tiny_run.bundle, decode_in_loop=False).decodes_in_loop(1) is False
-    assert settings_for(tiny_run.bundle, decode_in_loop=True).decodes_in_loop(8) is True
-    assert automatic.batch_wait_ms(in_loop=True) == 0.0 and automatic.batch_wait_ms(in_loop=False) == 2.0
-    assert settings_for(tiny_run.bundle, max_wait_ms=5).batch_wait_ms(in_loop=True) == 5
 
 
 def test_batcher_refuses_zero_workers() -> None:
