@@ -112,11 +112,6 @@ class MicroBatcher:
         self._queue.put_nowait(job)
         return await job.future
 
-    async def _collect(self) -> list[_Job]:
-        batch = [await self._queue.get()]
-        await self._fill(batch)
-        return batch
-
     async def _fill(self, batch: list[_Job]) -> None:
         """Add waiting requests for up to ``max_wait_ms`` or until the batch is full."""
         deadline = time.perf_counter() + self.max_wait_s
@@ -135,7 +130,8 @@ class MicroBatcher:
         while True:
             await self._free.acquire()  # gather only when a worker can take the batch
             try:
-                jobs = await self._collect()
+                jobs = [await self._queue.get()]
+                await self._fill(jobs)
             except BaseException:
                 self._free.release()
                 raise

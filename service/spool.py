@@ -84,10 +84,6 @@ class EventSpool:
             if events:
                 log.warning("spool: %d events from %s to write to Redis", len(events), path.name)
 
-    @property
-    def durable(self) -> bool:
-        return self._fd is not None
-
     async def add(self, user_id: str, item_ids: list[str]) -> None:
         """Return once the event is on disk (fsynced) and queued in ``pending``; refuse
         (``StoreUnavailable``) without a spool folder, when full, or when the disk fails."""
@@ -182,11 +178,19 @@ class EventSpool:
 
 
 def _append(fd: int | None, data: bytes) -> None:
+    """Append and fsync ``data``, or leave the file as it was (a failed write must not leave half a
+    line for the next append to run into)."""
     assert fd is not None  # ``add`` refuses before queueing without a file
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    os.fsync(fd)
+    size = os.fstat(fd).st_size
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
 
 
 def _fsync_dir(directory: Path) -> None:

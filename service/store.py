@@ -173,10 +173,6 @@ class RedisStore:
     def state(self) -> str:
         return "ok" if self._up else "degraded"
 
-    @property
-    def buffered_events(self) -> int:
-        return self._spool.size
-
     def _key(self, *parts: str) -> str:
         return ":".join((self._prefix, *parts))
 
