@@ -9,14 +9,11 @@ answering whatever has arrived between two steps. A batch is only gathered once 
 so requests wait in the queue, not in a thread. Every request carries its own future: a batch that
 fails is retried one request at a time so each caller gets its own result or its own error.
 
-Overload control is three rules, nothing adaptive:
-
-- a full queue refuses at once (``Overloaded`` -> 429 + Retry-After, ``sidrec_rejected_total``);
-  ``service.app`` asks ``full`` before it even reads a recommendation's body;
-- every job carries a deadline (``SIDREC_REQUEST_TIMEOUT_MS``), and a job whose deadline passed
-  while it queued is dropped before it reaches the model (``DeadlineExceeded`` -> 503,
-  ``sidrec_expired_total``), so work nobody waits for never delays the requests behind it;
-- the queue's bound (``SIDREC_QUEUE_SIZE``) is what bounds the wait of the requests admitted.
+Overload control is two fixed rules. A full queue (``SIDREC_QUEUE_SIZE``) refuses at once
+(``Overloaded`` -> 429 + Retry-After, ``sidrec_rejected_total``; ``service.app`` asks ``full`` before
+it reads a recommendation's body). Every job carries a deadline (``SIDREC_REQUEST_TIMEOUT_MS``); one
+that passed while it queued is dropped before the model (``DeadlineExceeded`` -> 503,
+``sidrec_expired_total``), so work nobody waits for never delays the requests behind it.
 
 Each job also carries the ``Recommender`` its ids were resolved against; a batch only groups jobs of
 the same one, so after ``/admin/reload`` queued requests still finish on the bundle they started on.

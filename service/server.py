@@ -1,17 +1,12 @@
 """The serving process: uvicorn with a read timeout, a bounded shutdown, and readiness that fails as
 soon as shutdown starts.
 
-- **Read timeout.** A request's headers and body must have arrived ``SIDREC_READ_TIMEOUT_S`` after
-  its first byte (or after the connection opened, for a client that sends nothing); otherwise the
-  connection is closed. uvicorn itself times out only idle keep-alive connections between
-  requests, so a client that sends half a request would hold its connection, and a shutdown, for
-  ever.
-- **Bounded shutdown.** On SIGTERM (or SIGINT) the listening socket closes, idle connections close,
-  requests in flight finish, and whatever is still running after ``SIDREC_SHUTDOWN_GRACE_S`` is
-  cancelled; then the lifespan closes the store (the event spool is flushed to disk by then: every
-  acknowledged event is already in Redis or fsynced, ``service.spool``).
-- **Readiness.** ``/readyz`` answers 503 from the moment the signal arrives, so a load balancer
-  that still reaches the process over an open connection stops sending it work.
+- A request's headers and body must have arrived ``SIDREC_READ_TIMEOUT_S`` after its first byte (or
+  after the connection opened); else the connection is closed. uvicorn times out only idle
+  keep-alive connections, so half a request would hold its connection, and a shutdown, for ever.
+- On SIGTERM the listening socket and idle connections close, requests in flight finish, and what
+  still runs after ``SIDREC_SHUTDOWN_GRACE_S`` is cancelled; every acknowledged event is already in
+  Redis or fsynced (``service.spool``). ``/readyz`` answers 503 from the signal on.
 """
 
 from __future__ import annotations

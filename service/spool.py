@@ -1,25 +1,17 @@
-"""Accepted events that Redis does not have yet, kept on disk before they are acknowledged.
+"""Accepted events that Redis does not have yet, on disk before they are acknowledged.
 
-While Redis is down, ``RedisStore`` hands every event to an ``EventSpool``. ``add`` returns only once
-the event is in an append-only file in ``SIDREC_SPOOL_DIR`` and that file is fsynced, so an event
-answered 2xx survives the process being stopped or killed, and the machine crashing. The events
-also stay in memory, oldest first (``pending``), for the store to write to Redis when it is back;
-once everything is written the file is emptied.
+While Redis is down ``RedisStore`` hands every event to an ``EventSpool``, whose ``add`` returns only
+once the event is in an append-only file in ``SIDREC_SPOOL_DIR`` and the file is fsynced: an event
+answered 2xx survives the process being stopped or killed. The events also stay in memory, oldest
+first (``pending``), for the store to write to Redis when it is back; then the file is emptied.
+Appends are group-committed (the events that arrive during one fsync share the next), one JSON
+event per line; a torn last line (killed mid-write, so never acknowledged) is skipped.
 
-Each process writes a file of its own (``events-<random>.spool``, held with an exclusive ``flock``).
-At start a process adopts every spool file in the folder that no living process holds (its own
-previous run's, or a replica's that died): their events come first, in file order, and each adopted
-file is deleted once its events are in Redis. Replicas may therefore share one folder (a volume).
-
-A line is one JSON event. Appends are group-committed: the events that arrive while one fsync runs
-share the next one, so an outage costs one fsync per burst, not per event. A half-written last line
-(the process killed mid-write, before its fsync, so never acknowledged) is skipped when adopted.
-
-Delivery is at least once: a process killed while writing the spool to Redis replays the whole
-file the next time, so some events may be written twice.
-
-Without a folder (``directory=None``) nothing can be kept safely: ``add`` refuses with
-``StoreUnavailable`` (503 + Retry-After) and the caller retries once Redis is back.
+Each process writes a file of its own (``events-<random>.spool``, held with ``flock``) and at start
+adopts every file in the folder that no living process holds (its own previous run's, or a dead
+replica's): their events come first, and each file is deleted once Redis has them. So replicas may
+share one folder. Delivery is at least once: a process killed while writing the spool to Redis
+replays all of it the next time. Without a folder ``add`` refuses (``StoreUnavailable``, 503).
 """
 
 from __future__ import annotations
