@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from deploy.loadtest.config import REQUEST_KINDS, LoadTestConfig
+from deploy.loadtest.errors import LoadTestError
 from deploy.loadtest.runner import run_load_test
-from training.errors import SidrecError
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         report = asyncio.run(run_load_test(config, command))
-    except SidrecError as exc:
+    except LoadTestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.table())

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from training.errors import ConfigError
+from deploy.loadtest.errors import ConfigError
 
 __all__ = ["REQUEST_KINDS", "LoadTestConfig"]
 

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from deploy.loadtest.checks import check_recommendation
 from deploy.loadtest.config import LoadTestConfig
+from deploy.loadtest.errors import DataError
 from deploy.loadtest.report import LoadTestReport, Outcome, summarise_step
 from deploy.loadtest.workload import (
     Catalogue,
@@ -44,7 +45,6 @@ from deploy.loadtest.workload import (
     dataset_histories,
     random_histories,
 )
-from training.errors import DataError
 
 __all__ = ["arrival_offsets", "run_load_test"]
 
@@ -151,9 +151,10 @@ async def _seed_histories(client: _Client) -> dict[str, int]:
     return dict(statuses)
 
 
-async def _model_info(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+async def _model_info(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> dict[str, Any]:
+    """``GET /v1/model``, with the API key when there is one (the service shows its details then)."""
     try:
-        async with http.get("/v1/model") as response:
+        async with http.get("/v1/model", headers=headers) as response:
             text = await response.text()
     except aiohttp.ClientError as exc:
         raise DataError(f"cannot reach the service at {url}: {exc!r} (is it running?)") from exc
@@ -179,7 +180,8 @@ async def run_load_test(
     connector = aiohttp.TCPConnector(limit=config.max_concurrency)
     timeout = aiohttp.ClientTimeout(total=config.timeout_s)
     async with aiohttp.ClientSession(config.url, connector=connector, timeout=timeout) as http:
-        model = await _model_info(http, config.url)
+        key = {"X-API-Key": config.api_key} if config.api_key else {}
+        model = await _model_info(http, config.url, key)
         catalogue = await Catalogue.fetch(http)
         if config.data is not None:
             histories = dataset_histories(config.data, config.n_users, config.max_history, rng)

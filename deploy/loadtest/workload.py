@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 
 from deploy.loadtest.config import LoadTestConfig
-from training.errors import ConfigError, DataError
+from deploy.loadtest.errors import ConfigError, DataError
 
 __all__ = ["Catalogue", "PlannedRequest", "Workload", "dataset_histories", "random_histories"]
 
@@ -92,13 +92,17 @@ class PlannedRequest:
 
 
 def dataset_histories(data_dir: Path, n_users: int, max_history: int, rng: random.Random) -> list[list[str]]:
-    """Test-user histories (all but the last item, most recent ``max_history`` kept) as item ids."""
-    from training.data.dataset import Dataset  # only when --data is given: keeps the default light
-
-    dataset = Dataset.load(data_dir)
-    split = dataset.split()
-    users = rng.sample(range(dataset.n_users), min(n_users, dataset.n_users))
-    return [[dataset.items[int(i)].item_id for i in split.test_history[u][-max_history:]] for u in users]
+    """Test-user histories (all but the last item, most recent ``max_history`` kept) as item ids, read
+    from a prepared dataset's ``items.jsonl`` and ``sequences.jsonl`` (docs/CONTRACTS.md §1)."""
+    try:
+        with (data_dir / "items.jsonl").open(encoding="utf-8") as handle:
+            item_ids = {int(row["index"]): str(row["item_id"]) for row in map(json.loads, handle)}
+        with (data_dir / "sequences.jsonl").open(encoding="utf-8") as handle:
+            sequences = [[item_ids[int(i)] for i in json.loads(line)["items"]] for line in handle]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{data_dir}: not a prepared dataset (python -m training prepare): {exc!r}") from exc
+    users = rng.sample(range(len(sequences)), min(n_users, len(sequences)))
+    return [sequences[u][:-1][-max_history:] for u in users]
 
 
 class Workload:

@@ -8,10 +8,10 @@ import pytest
 
 from deploy.loadtest.checks import check_recommendation
 from deploy.loadtest.config import LoadTestConfig, check_target
+from deploy.loadtest.errors import ConfigError
 from deploy.loadtest.report import LoadTestReport, Outcome, summarise_step
 from deploy.loadtest.runner import arrival_offsets
 from deploy.loadtest.workload import Catalogue, PlannedRequest
-from training.errors import ConfigError
 
 CATALOGUE = Catalogue(
     {
@@ -117,3 +117,39 @@ def test_capacity_is_the_highest_passing_rate():
     assert report.max_rps_within_p99_target == 20.0
     assert report.to_json()["max_rps_within_p99_target"] == 20.0
     assert "20 req/s" in report.table()
+
+
+def test_the_harness_never_imports_training():
+    """It runs beside a deployed service, where the training package need not be installed."""
+    import subprocess
+    import sys
+
+    from tests.deploy.conftest import REPO
+
+    code = (
+        "import sys, deploy.loadtest, deploy.loadtest.__main__, deploy.loadtest.workload\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'training'})\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+def test_dataset_histories_read_the_documented_files(tmp_path):
+    """Test-user histories from items.jsonl + sequences.jsonl (CONTRACTS §1): all but the last item."""
+    import json
+
+    from deploy.loadtest.errors import DataError
+    from deploy.loadtest.workload import dataset_histories
+
+    items = [
+        {"item_id": f"item-{n}", "index": n, "title": "t", "category_path": [], "tags": []} for n in range(5)
+    ]
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(row) + "\n" for row in items))
+    sequences = [{"user_id": "a", "items": [0, 1, 2, 3], "timestamps": [0, 1, 2, 3]}]
+    sequences += [{"user_id": "b", "items": [4, 2, 1], "timestamps": [0, 1, 2]}]
+    (tmp_path / "sequences.jsonl").write_text("".join(json.dumps(row) + "\n" for row in sequences))
+    histories = dataset_histories(tmp_path, n_users=5, max_history=2, rng=random.Random(0))
+    assert sorted(histories) == [["item-1", "item-2"], ["item-4", "item-2"]]
+    (tmp_path / "sequences.jsonl").write_text('{"user_id": "c", "items": [9]}\n')
+    with pytest.raises(DataError, match="not a prepared dataset"):
+        dataset_histories(tmp_path, n_users=5, max_history=2, rng=random.Random(0))
