@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         service, url = start_service(bundle, redis_port, api_key, service_cpus, env, workdir / "service.log")
         holder["service"] = service
         os.sched_setaffinity(0, harness_cpus)
-        model = httpx.get(f"{url}/v1/model").json()
+        model = httpx.get(f"{url}/v1/model", headers={"X-API-Key": api_key}).json()
         log(f"service {model['bundle_id']} on {url}, redis on port {redis_port}")
 
         base = LoadTestConfig(
