@@ -167,15 +167,19 @@ def _plot(report: dict[str, Any], path: Path) -> None:
             ("reliability_temperature_scaled", "temperature-scaled"),
         ):
             bins = row[key]
-            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=label)
+            total = sum(b["count"] for b in bins) or 1
+            x, y = [b["confidence"] for b in bins], [b["accuracy"] for b in bins]
+            (line,) = ax.plot(x, y, label=label, linewidth=1)
+            size = [4 + 200 * b["count"] / total for b in bins]  # marker area: the bin's share of tags
+            ax.scatter(x, y, s=size, color=line.get_color(), zorder=3)
         ece = "no tag shown" if row["ece"] is None else f"ECE {row['ece']:.3f}"
         if row["ece"] is not None:
             ece += f" -> {row['ece_temperature_scaled']:.3f} (T={row['temperature']:.2f})"
         ax.set_title(f"level {row['level']}: fidelity {row['fidelity'] or 0:.2f}\n{ece}", fontsize=9)
         ax.set_xlabel("confidence of the shown tag")
         ax.set_ylabel("share that is the catalogue's class")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
