@@ -2,8 +2,9 @@
 
 While Redis is down ``RedisStore`` hands every event to an ``EventSpool``, whose ``add`` returns only
 once the event is in an append-only file in ``SIDREC_SPOOL_DIR`` and the file is fsynced: an event
-answered 2xx survives the process being stopped or killed. The events also stay in memory, oldest
-first (``pending``), for the store to write to Redis when it is back; then the file is emptied.
+answered 2xx survives the process being stopped or killed. The events are also queued in memory,
+oldest first (``pending``, from the moment ``add`` is called, so the store that writes them to Redis
+never misses one still being fsynced); once Redis has them all the file is emptied.
 Appends are group-committed (the events that arrive during one fsync share the next), one JSON
 event per line; a torn last line (killed mid-write, so never acknowledged) is skipped.
 
@@ -44,11 +45,11 @@ class EventSpool:
         ``capacity``: events held at most, beyond which ``add`` refuses."""
         self.directory = directory
         self.capacity = capacity
-        self.pending: deque[tuple[str, list[str]]] = deque()  # oldest first, durable, not in Redis
+        self.pending: deque[tuple[str, list[str]]] = deque()  # oldest first, not in Redis yet
         self.size = 0  # events in ``pending`` (an entry holds one or more)
         self._fd: int | None = None
         self._adopted: list[tuple[Path, int]] = []  # files of earlier processes, locked, still read
-        self._waiting: list[tuple[str, list[str], asyncio.Future[None]]] = []
+        self._waiting: list[tuple[bytes, asyncio.Future[None]]] = []  # lines to append, in order
         self._writer: asyncio.Task[None] | None = None
         self._empty_file = False  # asked to empty the files once ``pending`` is empty
         if directory is None:
@@ -77,7 +78,7 @@ class EventSpool:
                 log.warning("spool: %d events from %s to write to Redis", len(events), path.name)
 
     async def add(self, user_id: str, item_ids: list[str]) -> None:
-        """Return once the event is on disk (fsynced) and queued in ``pending``; refuse
+        """Queue the event in ``pending`` and return once it is on disk (fsynced); refuse
         (``StoreUnavailable``) without a spool folder, when full, or when the disk fails."""
         if self._fd is None:
             raise StoreUnavailable(
@@ -85,15 +86,16 @@ class EventSpool:
                 "retry later",
                 retry_after=RETRY_AFTER_S,
             )
-        held = self.size + sum(len(items) for _, items, _ in self._waiting)
-        if held + len(item_ids) > self.capacity:
+        if self.size + len(item_ids) > self.capacity:
             raise StoreUnavailable(
-                f"events: the history store is down and {held} events are already spooled "
+                f"events: the history store is down and {self.size} events are already spooled "
                 f"(SIDREC_EVENT_BUFFER_SIZE={self.capacity}); retry later",
                 retry_after=RETRY_AFTER_S,
             )
         done = asyncio.get_running_loop().create_future()
-        self._waiting.append((user_id, list(item_ids), done))
+        self._waiting.append((json.dumps({"user_id": user_id, "items": item_ids}).encode() + b"\n", done))
+        self.pending.append((user_id, list(item_ids)))
+        self.size += len(item_ids)
         self._kick()
         await asyncio.shield(done)  # a caller that goes away does not take its event with it
 
@@ -115,14 +117,11 @@ class EventSpool:
         while self._waiting or self._empty_file:
             if self._waiting:
                 batch, self._waiting = self._waiting, []
-                lines = b"".join(
-                    json.dumps({"user_id": user, "items": items}).encode() + b"\n" for user, items, _ in batch
-                )
                 try:
-                    await asyncio.to_thread(_append, self._fd, lines)
+                    await asyncio.to_thread(_append, self._fd, b"".join(line for line, _ in batch))
                 except OSError as exc:
                     log.error("spool: cannot write %s: %s", self.path, exc)
-                    for _, _, done in batch:
+                    for _, done in batch:  # refused, but still in ``pending``: at least once
                         if not done.done():
                             done.set_exception(
                                 StoreUnavailable(
@@ -132,14 +131,12 @@ class EventSpool:
                                 )
                             )
                     continue
-                for user, items, done in batch:
-                    self.pending.append((user, items))
-                    self.size += len(items)
+                for _, done in batch:
                     if not done.done():
                         done.set_result(None)
             elif self._empty_file:
                 self._empty_file = False
-                if not self.pending:  # nothing fsynced is waiting: everything on disk is in Redis
+                if not self.pending:  # every line on disk is in Redis
                     adopted, self._adopted = self._adopted, []
                     await asyncio.to_thread(self._empty, adopted)
 

@@ -117,3 +117,57 @@ def test_spool_file_is_json_lines(tmp_path: Path) -> None:
     assert [json.loads(line) for line in path.read_text().splitlines()] == [
         {"user_id": "u", "items": ["a", "b"]}
     ]
+
+
+def test_events_arriving_while_redis_comes_back_are_all_written_in_order(tmp_path: Path) -> None:
+    """A steady stream of appends across an outage and the reconnect's flush: once the store says
+    ``ok`` nothing is left in the spool, and Redis holds every acknowledged event in order."""
+    from service.metrics import ServiceMetrics
+    from service.store import Backoff, RedisStore
+
+    port = free_port()
+    server = start_redis_server(port, tmp_path, persistent=True)
+
+    async def scenario() -> tuple[list[str], int]:
+        nonlocal server
+        store = RedisStore(
+            f"redis://127.0.0.1:{port}/0",
+            "r",
+            10_000,
+            ServiceMetrics(),
+            backoff=Backoff(0.01, 0.05),
+            spool_dir=tmp_path / "spool",
+        )
+        await store.start("b", {"sids": b"x"})
+        acknowledged: list[str] = []
+
+        async def stream() -> None:
+            for n in range(400):
+                await store.append("u", [f"e{n}"])
+                acknowledged.append(f"e{n}")
+                await asyncio.sleep(0.002)
+
+        writer = asyncio.get_running_loop().create_task(stream())
+        await asyncio.sleep(0.1)
+        server.terminate()
+        server.wait(10)
+        await asyncio.sleep(0.3)
+        server = start_redis_server(port, tmp_path, persistent=True)
+        await writer
+        for _ in range(200):
+            if store.state == "ok":
+                break
+            await asyncio.sleep(0.05)
+        assert store.state == "ok"
+        left = store._spool.size
+        await store.close()
+        return acknowledged, left
+
+    try:
+        acknowledged, left = asyncio.run(scenario())
+        stored = [s.decode() for s in redis.Redis(port=port).lrange("r:history:u", 0, -1)]
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert left == 0, f"{left} acknowledged events still only in the spool after the store said ok"
+    assert stored == acknowledged
