@@ -20,6 +20,10 @@ from service.server import Server
 from service.settings import Settings
 
 
+def _setting_names() -> set[str]:
+    return {f"SIDREC_{name.upper()}" for name in Settings.model_fields}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m service", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -52,6 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as exc:
         print(f"error: refusing to serve: {exc}", file=sys.stderr)
         return 2
+    unknown = sorted({k for k in os.environ if k.startswith("SIDREC_")} - _setting_names())
+    if unknown:  # a retired or misspelt setting would otherwise be ignored without a word
+        logging.getLogger("sidrec.service").warning("ignoring unknown settings: %s", ", ".join(unknown))
+    if settings.spool_dir is not None:
+        try:
+            settings.spool_dir.mkdir(parents=True, exist_ok=True)
+            (settings.spool_dir / ".writable").touch()
+        except OSError as exc:
+            print(f"error: SIDREC_SPOOL_DIR: cannot write to {settings.spool_dir} ({exc})", file=sys.stderr)
+            return 2
     Server(create_app(settings), settings).run()
     return 0
 

@@ -171,3 +171,24 @@ def test_events_arriving_while_redis_comes_back_are_all_written_in_order(tmp_pat
         server.wait(10)
     assert left == 0, f"{left} acknowledged events still only in the spool after the store said ok"
     assert stored == acknowledged
+
+
+def test_the_service_refuses_to_start_on_a_spool_folder_it_cannot_write(
+    tiny_run: TinyRun, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "a-file").write_text("")
+    env = {**os.environ, "SIDREC_SPOOL_DIR": str(tmp_path / "a-file" / "spool"), "SIDREC_MAX_WAIT_MS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--bundle", str(tiny_run.bundle)],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "SIDREC_SPOOL_DIR: cannot write to" in result.stderr
+    assert "ignoring unknown settings: SIDREC_MAX_WAIT_MS" in result.stderr
