@@ -55,11 +55,11 @@ def cgroup_cpu_quota(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_C
             continue
         _, controllers, path = parts
         if controllers == "":  # cgroup v2 (unified)
-            quotas += [q for d in _dirs(cgroup_root, path) if (q := _v2_quota(d)) is not None]
+            quotas += [q for d in _dirs(cgroup_root, path) if (q := _quota(d, v2=True)) is not None]
         elif "cpu" in controllers.split(","):  # cgroup v1: mounted as cpu or cpu,cpuacct
             for mount in (cgroup_root / controllers, cgroup_root / "cpu", cgroup_root / "cpu,cpuacct"):
                 if mount.is_dir():
-                    quotas += [q for d in _dirs(mount, path) if (q := _v1_quota(d)) is not None]
+                    quotas += [q for d in _dirs(mount, path) if (q := _quota(d, v2=False)) is not None]
                     break
     return min(quotas) if quotas else None
 
@@ -71,21 +71,17 @@ def _dirs(mount: Path, path: str) -> list[Path]:
     return [d for d in candidates if d.is_dir()]
 
 
-def _v2_quota(directory: Path) -> float | None:
+def _quota(directory: Path, v2: bool) -> float | None:
+    """CPUs the quota in ``directory`` allows (v2 ``cpu.max``, v1 cfs files); None: none or unreadable."""
     try:
-        quota, period = (directory / "cpu.max").read_text().split()[:2]
+        if v2:
+            quota, period = (directory / "cpu.max").read_text().split()[:2]
+        else:
+            quota, period = ((directory / f"cpu.cfs_{name}_us").read_text() for name in ("quota", "period"))
+        quota_us, period_us = -1 if quota == "max" else int(quota), int(period)
     except (OSError, ValueError):
         return None
-    return None if quota == "max" else int(quota) / int(period)
-
-
-def _v1_quota(directory: Path) -> float | None:
-    try:
-        quota = int((directory / "cpu.cfs_quota_us").read_text())
-        period = int((directory / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        return None
-    return None if quota <= 0 or period <= 0 else quota / period
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,9 @@ def test_cgroup_v2_without_a_limit_leaves_the_affinity(tmp_path: Path) -> None:
     root, proc = fake(tmp_path, "0::/\n", {"cpu.max": "max 100000\n"})
     assert cgroup_cpu_quota(root, proc) is None
     assert cpu_limit(root, proc) == AFFINITY
+    for unreadable in ("", "abc 100000\n", "100000 0\n"):  # ignored, never an error at start-up
+        (root / "cpu.max").write_text(unreadable)
+        assert cgroup_cpu_quota(root, proc) is None
 
 
 def test_cgroup_v1_cfs_quota(tmp_path: Path) -> None:
