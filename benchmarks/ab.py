@@ -1,8 +1,8 @@
 """A/B of service settings: the same interleaved load on two or more service processes at once.
 
   python -m benchmarks.ab --bundle runs/beauty/bundle-quick --rate 50 --beam 100 \\
-      --variant budget45=SIDREC_MAX_QUEUE_DELAY_MS=45 --variant budget20=SIDREC_MAX_QUEUE_DELAY_MS=20 \\
-      --out benchmarks/results/ab-budget.json
+      --variant queue256=SIDREC_QUEUE_SIZE=256 --variant queue6=SIDREC_QUEUE_SIZE=6 \\
+      --out benchmarks/results/ab-queue.json
 
 Why not two runs of ``benchmarks.reliability``: this VM's speed drifts 2-3x over tens of seconds,
 so two runs one after the other compare the machine, not the settings. Here every variant is its
