@@ -80,6 +80,7 @@ class LoadedBundle:
     index: PrefixIndex
     tag_levels: list[list[str]]
     catalogue: Catalogue
+    item_table: np.ndarray | None = None  # float32 (n_items, item_dim) when the bundle ranks by "dot"
 
     @property
     def bundle_id(self) -> str:
@@ -138,5 +139,18 @@ def load_bundle(path: Path, providers: list[str], threads: int | None = None) ->
     if index.n_items != manifest.n_items or index.codebook_size != spec.codebook_size:
         raise BundleError(f"{path}/prefix_index.npz does not match the manifest's ID spec")
     catalogue = Catalogue.read(path / manifest.tables["catalogue"].file, manifest.n_items)
+    item_table = None
+    if "item_table" in manifest.tables:
+        try:
+            item_table = np.load(path / manifest.tables["item_table"].file, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise BundleError(f"{path}: unreadable item table ({exc})") from exc
+        if item_table.ndim != 2 or item_table.shape[0] != manifest.n_items or item_table.dtype != np.float32:
+            raise BundleError(
+                f"{path}/{manifest.tables['item_table'].file}: {item_table.dtype} {item_table.shape}, "
+                f"expected float32 ({manifest.n_items}, item_dim)"
+            )
     log.info("loaded bundle %s from %s on %s", manifest.bundle_id, path, provider)
-    return LoadedBundle(path, manifest, sessions, provider, sids, index, tags["levels"], catalogue)
+    return LoadedBundle(
+        path, manifest, sessions, provider, sids, index, tags["levels"], catalogue, item_table
+    )

@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from service.errors import BundleError
 
 __all__ = [
+    "DOT_GRAPH_NAMES",
+    "DOT_TABLE_NAMES",
     "FAST_PATH_GRAPH_NAMES",
     "GRAPH_NAMES",
     "MANIFEST_FILE",
@@ -56,6 +58,10 @@ FAST_PATH_GRAPH_NAMES = {
 }
 #: Plain files every bundle carries besides the graphs.
 TABLE_NAMES = ("sids", "prefix_index", "tags", "catalogue")
+#: What a bundle that ranks by the dot-product head (``decoding.ranking == "dot"``) carries besides:
+#: the user-vector and cold-item graphs, and the item vectors of the catalogue.
+DOT_GRAPH_NAMES = ("generator_user", "item_vectors")
+DOT_TABLE_NAMES = ("item_table",)
 
 
 class _Strict(BaseModel):
@@ -130,6 +136,11 @@ class DecodingDefaults(_Strict):
     max_beam: int = 100
     history_length: int = Field(ge=1, description="T: histories are left-padded/truncated to it")
     max_tag_filter_depth: int = Field(ge=0)
+    ranking: Literal["beam", "dot"] = Field(
+        "beam",
+        description="how items are ranked: the constrained beam over semantic IDs, or the dual-branch "
+        "dot-product head scoring every item (chosen on validation when the run was trained)",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> DecodingDefaults:
@@ -157,14 +168,20 @@ class Manifest(_Strict):
 
     @model_validator(mode="after")
     def _complete(self) -> Manifest:
-        for names, have, kind in ((GRAPH_NAMES, self.graphs, "graphs"), (TABLE_NAMES, self.tables, "tables")):
+        dot = self.decoding.ranking == "dot"
+        graph_names = GRAPH_NAMES + (DOT_GRAPH_NAMES if dot else ())
+        table_names = TABLE_NAMES + (DOT_TABLE_NAMES if dot else ())
+        for names, have, kind in ((graph_names, self.graphs, "graphs"), (table_names, self.tables, "tables")):
             missing = [n for n in names if n not in have]
             if missing:
                 raise ValueError(f"{kind} is missing {missing}")
         fast_path = FAST_PATH_GRAPH_NAMES[self.schema_version]
-        unknown = sorted(set(self.graphs) - set(GRAPH_NAMES) - set(fast_path))
+        unknown = sorted(set(self.graphs) - set(graph_names) - set(fast_path))
         if unknown:
             raise ValueError(f"graphs has unknown entries {unknown}")
+        unknown = sorted(set(self.tables) - set(table_names))
+        if unknown:
+            raise ValueError(f"tables has unknown entries {unknown}")
         if 0 < sum(n in self.graphs for n in fast_path) < len(fast_path):
             raise ValueError(f"graphs must hold all of {list(fast_path)} or none")
         return self

@@ -4,13 +4,16 @@
 once per request (``(B, T)`` histories), the decoder graphs over batch × beam inside
 ``ConstrainedBeamSearch`` (``service.decoders``: the incremental fast path when the bundle has it,
 else the reference step graph), and the tag heads once over the whole catalogue (and once per
-cold-start item) to explain every item ahead of time. It knows nothing of HTTP, queues or Redis,
-so tests and the benchmark drive it directly.
+cold-start item) to explain every item ahead of time. A bundle whose run ranked best by the
+dual-branch dot-product head (``decoding.ranking == "dot"``) is answered by that head scoring every
+item instead of the beam: one small graph for the user vector and one matrix product with the
+catalogue's item vectors; the returned items keep their IDs and tag paths all the same. It knows
+nothing of HTTP, queues or Redis, so tests and the benchmark drive it directly.
 
 Cold-start items (``add_item``) are tokenised by ``tokenizer.onnx``, get the smallest free
 disambiguation code under their tuple, and enter a new ``CatalogueSnapshot`` (SID table, prefix
-index, tag-path filter map) that is swapped in atomically: a batch that is already decoding keeps
-the snapshot it started with.
+index, tag-path filter map, item vectors) that is swapped in atomically: a batch that is already
+decoding keeps the snapshot it started with.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.beam_search import ConstrainedBeamSearch, Steps, run_to_end
+from service.beam_search import BeamHit, ConstrainedBeamSearch, Steps, log_softmax, run_to_end
 from service.bundle import LoadedBundle
 from service.constraints import AllowedItems, ExcludeItems, Processor
 from service.decoders import Decoder, IncrementalDecoder, ReferenceDecoder
@@ -67,6 +70,7 @@ class CatalogueSnapshot:
     index: PrefixIndex
     by_path: dict[tuple[str, ...], np.ndarray]  # category-path prefix (with or without root) -> rows
     explanations: list[list[TagScore]]  # per row: its tag path read from the tag heads (see ``explain``)
+    item_vectors: np.ndarray | None = None  # float32 (n_items, item_dim): the dot-product head's items
 
     @classmethod
     def build(
@@ -75,6 +79,7 @@ class CatalogueSnapshot:
         codebook_size: int,
         paths: list[list[str]],
         explanations: list[list[TagScore]],
+        item_vectors: np.ndarray | None = None,
     ) -> CatalogueSnapshot:
         groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
         for row, path in enumerate(paths):
@@ -83,7 +88,7 @@ class CatalogueSnapshot:
             for key in keys:
                 groups[key].append(row)
         by_path = {key: np.array(rows, dtype=np.int64) for key, rows in groups.items()}
-        return cls(sids, PrefixIndex.build(sids, codebook_size), by_path, explanations)
+        return cls(sids, PrefixIndex.build(sids, codebook_size), by_path, explanations, item_vectors)
 
     @property
     def n_items(self) -> int:
@@ -109,9 +114,10 @@ class Recommender:
         self.levels = spec.levels
         self.codebook_size = spec.codebook_size
         self.max_filter_depth = bundle.manifest.decoding.max_tag_filter_depth
+        self.ranking = bundle.manifest.decoding.ranking
         paths = bundle.catalogue.category_paths
         self.snapshot = CatalogueSnapshot.build(
-            bundle.sids, spec.codebook_size, paths, self.explain(bundle.sids, paths)
+            bundle.sids, spec.codebook_size, paths, self.explain(bundle.sids, paths), bundle.item_table
         )
         self._lock = threading.Lock()
 
@@ -167,6 +173,16 @@ class Recommender:
         logits, newest = self.bundle.sessions["generator_step_incremental"].run(["logits", "newest"], feeds)
         return logits, newest  # (N, K), (N, layers, 2, d)
 
+    def user_vectors(self, memory: np.ndarray) -> np.ndarray:
+        """The dot-product head's user vector at each history's last position: (B, T, d) -> (B, item_dim)."""
+        (users,) = self.bundle.sessions["generator_user"].run(["user"], {"memory": memory})
+        return users
+
+    def cold_item_vectors(self, sids: np.ndarray) -> np.ndarray:
+        """The head's vectors of items the model never trained on, from their IDs (N, D): (N, item_dim)."""
+        (vectors,) = self.bundle.sessions["item_vectors"].run(["vectors"], {"codes": sids})
+        return vectors
+
     def tag_probabilities(self, codes: np.ndarray) -> list[np.ndarray]:
         """The tag heads on IDs (N, D): per level, probabilities (N, C_l) over the level's classes."""
         if codes.shape[0] == 0 or self.bundle.manifest.n_tag_levels == 0:
@@ -207,39 +223,46 @@ class Recommender:
     def recommend(
         self, queries: list[Query], on_step: Callable[[int, float, float], None] | None = None
     ) -> list[list[Recommendation]]:
-        """Answer a batch of queries with one encoder call and one beam search; explanations are
-        looked up per item."""
+        """Answer a batch of queries with one encoder call and one beam search (or one scoring of the
+        catalogue by the dot-product head); explanations are looked up per item."""
         return run_to_end(self.recommend_steps(queries, on_step))
 
     def recommend_steps(
         self, queries: list[Query], on_step: Callable[[int, float, float], None] | None = None
     ) -> Steps[list[list[Recommendation]]]:
-        """``recommend`` in steps: the encoder call, then each level of the beam search."""
+        """``recommend`` in steps: the encoder call, then each level of the beam search (or, for a
+        bundle that ranks by the dot-product head, the scoring of every item)."""
         snapshot = self.snapshot
         batch = len(queries)
-        processors: list[Processor] = []
+        allowed = excluded = None
         if any(q.tag_path for q in queries):
             allowed = np.ones((batch, snapshot.n_items), dtype=bool)  # (B, n_items)
             for row, query in enumerate(queries):
                 if query.tag_path:
                     allowed[row] = False
                     allowed[row, self.filter_rows(query.tag_path, snapshot)] = True
-            processors.append(AllowedItems(snapshot.index, allowed))
         if any(q.exclude_seen and q.history for q in queries):
             excluded = np.zeros((batch, snapshot.n_items), dtype=bool)  # (B, n_items)
             for row, query in enumerate(queries):
                 if query.exclude_seen:
                     excluded[row, query.history] = True
-            processors.append(ExcludeItems(snapshot.index, excluded))
         memory, mask = self.encode([q.history for q in queries], snapshot.sids)
         yield
-        hits = yield from ConstrainedBeamSearch(snapshot.index, self.clock).steps(
-            self.decoder(memory, mask),
-            np.array([q.beam for q in queries]),
-            np.array([q.k for q in queries]),
-            processors,
-            on_step,
-        )
+        if self.ranking == "dot":
+            hits = self.rank_by_dot(memory, [q.k for q in queries], snapshot, allowed, excluded)
+        else:
+            processors: list[Processor] = []
+            if allowed is not None:
+                processors.append(AllowedItems(snapshot.index, allowed))
+            if excluded is not None:
+                processors.append(ExcludeItems(snapshot.index, excluded))
+            hits = yield from ConstrainedBeamSearch(snapshot.index, self.clock).steps(
+                self.decoder(memory, mask),
+                np.array([q.beam for q in queries]),
+                np.array([q.k for q in queries]),
+                processors,
+                on_step,
+            )
         explanations = snapshot.explanations
         return [
             [
@@ -248,6 +271,39 @@ class Recommender:
             ]
             for q, request in zip(queries, hits, strict=True)
         ]
+
+    def rank_by_dot(
+        self,
+        memory: np.ndarray,
+        ks: list[int],
+        snapshot: CatalogueSnapshot,
+        allowed: np.ndarray | None,
+        excluded: np.ndarray | None,
+    ) -> list[list[BeamHit]]:
+        """The dual-branch head scores every item; each request's best ``k`` allowed, unseen items.
+
+        A hit's score is the item's log-probability under the head's softmax over the catalogue.
+        Ties go to the lower row (as ``training.evaluate.ranking`` orders them).
+        """
+        assert snapshot.item_vectors is not None
+        scores = log_softmax(self.user_vectors(memory) @ snapshot.item_vectors.T)  # (B, n_items)
+        if allowed is not None:
+            scores[~allowed] = -np.inf
+        if excluded is not None:
+            scores[excluded] = -np.inf
+        hits = []
+        for row, k in enumerate(ks):
+            k = min(k, scores.shape[1])
+            best = np.argpartition(-scores[row], k - 1)[:k]
+            best = best[np.lexsort((best, -scores[row, best]))]  # score descending, then row
+            hits.append(
+                [
+                    BeamHit(int(i), float(scores[row, i]), tuple(int(c) for c in snapshot.sids[i]))
+                    for i in best
+                    if np.isfinite(scores[row, i])
+                ]
+            )
+        return hits
 
     # ------------------------------------------------------------------------------ cold start
     def tokenize(self, embedding: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -291,7 +347,10 @@ class Recommender:
             row = catalogue.append(item_id, title, category_path, tags)
             sids = np.vstack([snapshot.sids, sid[None].astype(np.int64)])  # (n_items + 1, D)
             explanations = [*snapshot.explanations, *self.explain(sids[-1:], [category_path])]
+            vectors = snapshot.item_vectors
+            if vectors is not None:
+                vectors = np.vstack([vectors, self.cold_item_vectors(sids[-1:])])
             self.snapshot = CatalogueSnapshot.build(
-                sids, self.codebook_size, catalogue.category_paths, explanations
+                sids, self.codebook_size, catalogue.category_paths, explanations, vectors
             )
         return row

@@ -1,13 +1,16 @@
-"""Evaluate generator runs: full ranking (constrained beam, Recall/NDCG@5/10), sampled-100 HR/NDCG@10,
-head/tail and short/long breakdowns, and the beam re-ranked by the dot-product head (alone and fused).
+"""Evaluate generator runs and bundles: full ranking (Recall/NDCG@5/10), sampled-100 HR/NDCG@10,
+head/tail and short/long breakdowns, every ordering a run can rank by, and quality as served.
 
   python -m training evaluate --run runs/beauty/gen-sidrec
-  python -m training evaluate --run sidrec=runs/beauty/gen-sidrec --run tiger=runs/beauty/gen-tiger \\
+  python -m training evaluate --bundle runs/beauty/bundle --data runs/beauty/data
+  python -m training evaluate --run sidrec=runs/beauty/gen-sidrec --bundle sidrec=runs/beauty/bundle \
       --run sasrec=runs/beauty/gen-sasrec --results benchmarks/results/beauty-cpu.json
 
-Each run's metrics are merged into its metrics.json. With several runs one table is printed; --results
-also writes the comparison JSON and a bar chart (same name, .png). The test split is the default: it is
-the final report. Use --split valid while developing.
+``--run`` scores the torch model (merged into the run's metrics.json); ``--bundle`` scores what the
+service answers from a bundle (``training.evaluate.served``), reported as ``served`` beside the run of
+the same name. With several models one table is printed; --results also writes the comparison JSON
+and a bar chart (same name, .png). The test split is the default: it is the final report. Use
+--split valid while developing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from training import provenance
 from training.errors import ConfigError
 from training.evaluate.report import MAIN_METRICS, evaluate_run, update_run_metrics
+from training.evaluate.served import evaluate_bundle
 
 __all__ = ["add_arguments", "nest_metrics", "run"]
 
@@ -29,10 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--run",
         dest="runs",
         action="append",
-        required=True,
+        default=[],
         metavar="[NAME=]DIR",
         help="generator run folder, optionally named for the table (repeatable)",
     )
+    parser.add_argument(
+        "--bundle",
+        dest="bundles",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="bundle folder scored through the service's decoder, as served (repeatable; needs --data "
+        "unless a run of the same name says where its data is)",
+    )
+    parser.add_argument("--data", type=Path, default=None, help="prepared dataset of the bundles")
     parser.add_argument(
         "--split", choices=("test", "valid"), default="test", help="split to score (default test)"
     )
@@ -52,16 +66,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared CPUs)")
 
 
-def _parse_runs(specs: list[str]) -> dict[str, Path]:
+def _parse_runs(specs: list[str], flag: str = "--run") -> dict[str, Path]:
     runs: dict[str, Path] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         run_dir = Path(path if sep else spec)
         name = name if sep else run_dir.name
         if name in runs:
-            raise ConfigError(f"--run {spec!r}: the name {name!r} is used twice")
+            raise ConfigError(f"{flag} {spec!r}: the name {name!r} is used twice")
         runs[name] = run_dir
     return runs
+
+
+def _train_minutes(run_dir: Path) -> float | None:
+    """Tokenizer + generator wall minutes of a run (from their metrics.json), when both are recorded."""
+    try:
+        generator = json.loads((run_dir / "metrics.json").read_text())
+        ids = Path(json.loads((run_dir / "run.json").read_text())["ids"])
+        tokenizer = json.loads((ids / "metrics.json").read_text())
+        seconds = float(generator["train_seconds"]) + float(
+            tokenizer.get("wall_seconds", tokenizer["train_seconds"])
+        )
+    except (OSError, KeyError, ValueError):
+        return None
+    return round(seconds / 60, 1)
+
+
+def flatten_groups(group: dict[str, Any]) -> dict[str, Any]:
+    """``{"full": {"recall@10": x}, "users": n}`` -> ``{"full.recall@10": x, "users": n}`` (as runs
+    store their metrics)."""
+    out: dict[str, Any] = {}
+    for key, value in group.items():
+        if key == "full" and isinstance(value, dict):
+            out.update({f"full.{name}": v for name, v in value.items()})
+        else:
+            out[key] = value
+    return out
 
 
 def nest_metrics(flat: dict[str, Any]) -> dict[str, Any]:
@@ -82,9 +122,12 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
     columns = [
         *MAIN_METRICS,
         "tail:full.recall@10",
-        "head:full.recall@10",
-        "reranked:full.recall@10",
-        "fused:full.recall@10",
+        "served:full.recall@10",
+        "served:full.ndcg@10",
+        "served.tail:full.recall@10",
+        "beam:full.recall@10",
+        "dot:full.recall@10",
+        "train_minutes",
     ]
     labels = [c.replace("full.", "") for c in columns]
     widths = [max(11, len(label) + 2) for label in labels]
@@ -94,7 +137,10 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
         cells = []
         for column, width in zip(columns, widths, strict=True):
             group, _, key = column.rpartition(":")
-            value = metrics.get(group, {}).get(key) if group else metrics.get(key)
+            scope: Any = metrics
+            for part in group.split(".") if group else []:
+                scope = scope.get(part, {}) if isinstance(scope, dict) else {}
+            value = scope.get(key) if isinstance(scope, dict) else None
             cells.append(f"{value:>{width}.4f}" if isinstance(value, float) else f"{'—':>{width}}")
         lines.append(f"{name:<14}" + "".join(cells))
     return "\n".join(lines)
@@ -125,8 +171,11 @@ def run(args: argparse.Namespace) -> int:
     if args.beam is not None and args.beam < 10:
         raise ConfigError(f"--beam must be >= 10 to report @10 metrics, got {args.beam}")
     command = provenance.command()
+    if not args.runs and not args.bundles:
+        raise ConfigError("give at least one --run or --bundle")
     results: dict[str, dict[str, Any]] = {}
-    for name, run_dir in _parse_runs(args.runs).items():
+    runs = _parse_runs(args.runs)
+    for name, run_dir in runs.items():
         cached = (
             json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
         )
@@ -136,6 +185,21 @@ def run(args: argparse.Namespace) -> int:
             continue
         metrics = evaluate_run(run_dir, args.split, threads=args.threads, beam=args.beam)
         results[name] = update_run_metrics(run_dir, metrics, command)
+    for name, run_dir in runs.items():
+        minutes = _train_minutes(run_dir)
+        if minutes is not None:
+            results[name]["train_minutes"] = minutes
+    for name, bundle_dir in _parse_runs(args.bundles, "--bundle").items():
+        data_dir = args.data
+        if data_dir is None and name in runs:
+            data_dir = Path(json.loads((runs[name] / "run.json").read_text())["data"])
+        if data_dir is None:
+            raise ConfigError(f"--bundle {name}={bundle_dir}: say where its prepared data is with --data")
+        served = evaluate_bundle(bundle_dir, data_dir, args.split)
+        groups = {
+            k: flatten_groups(v) if isinstance(v, dict) and k != "full" else v for k, v in served.items()
+        }
+        results.setdefault(name, {})["served"] = flatten_groups(groups)
     print(_table(results))
     if args.results is not None:
         args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,19 @@
 """Scoring users with a trained generator, shared by validation (model selection) and the final report.
 
-* Full ranking (TIGER / HiD-VAE protocol): the constrained beam's top-k over the whole catalogue; a
-  non-generative model (SASRec) scores every item with the dot-product head instead. ``rerank=True``
-  also re-orders the final beam two ways: by the dual-branch dot-product head alone (``reranked``), and
-  by the product of the two experts (``fused``: the beam's ID log-probability plus the head's
-  log-softmax over the whole catalogue, both log-probabilities of the same item, so no weight to tune).
-* Sampled (H2Rec protocol): the target against ``n`` negatives not in the user's sequence, each scored by
-  the model's log-likelihood of the candidate's ID (dot product for SASRec).
+Full ranking over the whole catalogue, in one or more *orderings* (``ORDERINGS``), all from one encoder
+pass and at most one beam search:
+
+* ``beam`` (TIGER / HiD-VAE protocol): the constrained beam's top-k;
+* ``dot``: the dual-branch dot-product head scoring every item exactly (H2Rec's own scoring; SASRec's
+  only ordering);
+* ``reranked``: the final beam re-ordered by the head alone;
+* ``fused``: the final beam re-ordered by the product of the two experts (the beam's ID log-probability
+  plus the head's log-softmax over the catalogue, both log-probabilities of the same item, so no weight
+  to tune).
+
+Items already in the user's history are never recommended (``exclude_seen``), as the service does by
+default. Sampled (H2Rec protocol): the target against ``n`` negatives not in the user's sequence, each
+scored by the model's log-likelihood of the candidate's ID (dot product for SASRec).
 
 Users are processed in batches sorted by history length and padded only to the batch's longest history,
 so short histories do not pay for the longest one.
@@ -14,7 +21,7 @@ so short histories do not pay for the longest one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,10 +32,17 @@ from tqdm import tqdm
 from training.generator.beam import PrefixTrie, constrained_beam_search
 from training.generator.model import SidrecGenerator
 
-__all__ = ["RERANKINGS", "RankingInputs", "full_ranking_top", "sample_negatives", "sampled_scores"]
+__all__ = [
+    "ORDERINGS",
+    "RankingInputs",
+    "available_orderings",
+    "full_ranking_top",
+    "sample_negatives",
+    "sampled_scores",
+]
 
-#: the beam re-orderings ``full_ranking_top(rerank=True)`` returns, by name
-RERANKINGS = ("reranked", "fused")
+#: every ordering ``full_ranking_top`` can produce, by name (see the module docstring)
+ORDERINGS = ("beam", "dot", "reranked", "fused")
 
 
 @dataclass
@@ -38,6 +52,13 @@ class RankingInputs:
     model: SidrecGenerator
     sid_table: Tensor  # (n_items + 1, D): token -> codes, row 0 = padding
     trie: PrefixTrie | None  # None for a non-generative model
+
+
+def available_orderings(model: SidrecGenerator, head_trained: bool) -> tuple[str, ...]:
+    """What a model can rank by: a generator without a trained dot-product head only by its beam."""
+    if not model.config.generative:
+        return ("dot",)
+    return ORDERINGS if head_trained else ("beam",)
 
 
 def left_pad(histories: list[np.ndarray], max_len: int) -> Tensor:
@@ -63,6 +84,20 @@ def _dot_scores(inputs: RankingInputs, memory: Tensor) -> Tensor:
     return model.user_vectors(memory[:, -1]) @ model.item_table(inputs.sid_table[1:]).T
 
 
+def _seen(histories: list[np.ndarray], n_items: int, device: torch.device) -> Tensor:
+    """(B, n_items) bool: the items of each full history (not only the encoded window)."""
+    seen = torch.zeros(len(histories), n_items, dtype=torch.bool, device=device)
+    for row, history in enumerate(histories):
+        seen[row, torch.from_numpy(np.asarray(history, np.int64))] = True
+    return seen
+
+
+def _top(scores: Tensor, k: int) -> np.ndarray:
+    """Indices of the ``k`` best scores per row; -1 where the score is -inf."""
+    values, order = scores.topk(min(k, scores.shape[1]), dim=1)  # a full sort costs 10x at 10^4 items
+    return torch.where(torch.isfinite(values), order, -1).cpu().numpy()
+
+
 @torch.no_grad()
 def full_ranking_top(
     inputs: RankingInputs,
@@ -70,40 +105,58 @@ def full_ranking_top(
     *,
     k: int,
     beam: int,
+    orderings: Sequence[str] = ("beam",),
+    exclude_seen: bool = True,
     batch_size: int = 256,
-    rerank: bool = False,
     label: str = "ranking",
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Top-``k`` item indices per user (N, k) (-1 where fewer than k items were reachable), and with
-    ``rerank`` (generative models only) the same beam re-ordered as named in ``RERANKINGS`` (one beam
-    search serves all)."""
+) -> dict[str, np.ndarray]:
+    """Top-``k`` item indices per user (N, k) for each of ``orderings`` (-1 where fewer than k items
+    were reachable); one encoder pass and at most one beam search serve them all."""
     model = inputs.model
     model.eval()
-    top = np.full((len(histories), k), -1, np.int64)
-    reordered = (
-        {name: np.full((len(histories), k), -1, np.int64) for name in RERANKINGS}
-        if rerank and model.config.generative
-        else {}
-    )
+    unknown = set(orderings) - set(ORDERINGS)
+    if unknown or (not model.config.generative and set(orderings) != {"dot"}):
+        raise ValueError(
+            f"orderings {list(orderings)}: this model can rank by {available_orderings(model, True)}"
+        )
+    out = {name: np.full((len(histories), k), -1, np.int64) for name in orderings}
     device = inputs.sid_table.device
+    n_items = inputs.sid_table.shape[0] - 1
+    needs_beam = bool(set(orderings) & {"beam", "reranked", "fused"})
     for idx in _batches(histories, batch_size, label):
-        tokens = left_pad([histories[i] for i in idx], model.config.max_len).to(device)
+        batch = [histories[i] for i in idx]
+        tokens = left_pad(batch, model.config.max_len).to(device)
         memory = model.encode(tokens, inputs.sid_table[tokens])
-        if not model.config.generative:
-            scores = _dot_scores(inputs, memory)
-            top[idx] = torch.sort(-scores, dim=1, stable=True).indices[:, :k].cpu().numpy()
+        seen = _seen(batch, n_items, device) if exclude_seen else None
+        dot = None
+        if set(orderings) & {"dot", "reranked", "fused"}:
+            dot = _dot_scores(inputs, memory).log_softmax(-1)  # (B, n_items)
+            if seen is not None:
+                dot = dot.masked_fill(seen, float("-inf"))
+        if "dot" in orderings:
+            assert dot is not None
+            out["dot"][idx] = _top(dot, k)
+        if not needs_beam:
             continue
         assert inputs.trie is not None
-        result = constrained_beam_search(model, memory, tokens > 0, inputs.trie, beam=beam, k=beam)
+        result = constrained_beam_search(
+            model, memory, tokens > 0, inputs.trie, beam=beam, k=beam, exclude=seen
+        )
         items = result.items
-        top[idx] = items[:, :k].cpu().numpy()
-        if reordered:
-            dot = _dot_scores(inputs, memory).log_softmax(-1).gather(1, items.clamp(min=0))  # (B, beam)
-            for name, scores in (("reranked", dot), ("fused", dot + result.scores)):
-                scores = torch.where(items >= 0, scores, float("-inf"))
-                order = torch.sort(-scores, dim=1, stable=True).indices
-                reordered[name][idx] = items.gather(1, order)[:, :k].cpu().numpy()
-    return top, reordered
+        if "beam" in orderings:
+            out["beam"][idx] = items[:, :k].cpu().numpy()
+        for name in {"reranked", "fused"} & set(orderings):
+            assert dot is not None
+            head = dot.gather(1, items.clamp(min=0))  # (B, beam)
+            scores = head + result.scores if name == "fused" else head
+            scores = torch.where(items >= 0, scores, float("-inf"))
+            order = torch.sort(-scores, dim=1, stable=True).indices
+            out[name][idx] = (
+                torch.where(torch.isfinite(scores.gather(1, order)), items.gather(1, order), -1)[:, :k]
+                .cpu()
+                .numpy()
+            )
+    return out
 
 
 def sample_negatives(sequences: list[np.ndarray], n_items: int, n: int, seed: int) -> np.ndarray:
@@ -133,9 +186,11 @@ def sampled_scores(
     candidates: np.ndarray,
     *,
     batch_size: int = 128,
+    by_dot: bool = False,
     label: str = "sampled",
 ) -> np.ndarray:
-    """Score (N, C) of each candidate item: ID log-likelihood (generative) or dot product (SASRec)."""
+    """Score (N, C) of each candidate item: ID log-likelihood, or (``by_dot``, and always for SASRec)
+    the dot-product head's score."""
     model = inputs.model
     model.eval()
     out = np.zeros(candidates.shape, np.float32)
@@ -145,7 +200,7 @@ def sampled_scores(
         tokens = left_pad([histories[i] for i in idx], model.config.max_len).to(device)
         memory = model.encode(tokens, inputs.sid_table[tokens])
         items = torch.from_numpy(candidates[idx]).to(device)  # (B, C)
-        if not model.config.generative:
+        if by_dot or not model.config.generative:
             out[idx] = _dot_scores(inputs, memory).gather(1, items).cpu().numpy()
             continue
         codes = inputs.sid_table[items + 1].flatten(0, 1)  # (B*C, D)

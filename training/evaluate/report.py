@@ -2,8 +2,9 @@
 
 ``evaluate_run`` returns flat metric names (``full.recall@10``, ``sampled.hr@10``, ...) overall plus the
 same names per breakdown (``head``/``tail`` by the target's popularity, ``short``/``long`` by history
-length) and, for generative models, ``reranked`` and ``fused`` (the beam re-ordered by the dot-product
-head alone, and by the head times the ID likelihood; see ``training.evaluate.ranking``).
+length). The top-level numbers are the run's own ordering (``eval.ranking``: what its bundle serves);
+every other ordering the model can rank by (``beam``, ``dot``, ``reranked``, ``fused``; see
+``training.evaluate.ranking``) gets a sub-dict of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import torch
 
 from training.data import Dataset
 from training.evaluate.metrics import ranking_metrics, sampled_ranks, target_ranks
-from training.evaluate.ranking import RankingInputs, full_ranking_top, sample_negatives, sampled_scores
+from training.evaluate.ranking import (
+    RankingInputs,
+    available_orderings,
+    full_ranking_top,
+    sample_negatives,
+    sampled_scores,
+)
 from training.generator.beam import PrefixTrie
 from training.generator.train import load_run
 
@@ -59,19 +66,27 @@ def evaluate_run(
     histories = data.test_history if split == "test" else data.valid_history
     targets = data.test_target if split == "test" else data.valid_target
 
-    top, reordered = full_ranking_top(
+    head_trained = config.loss.dot_weight > 0 or not model.config.generative
+    orderings = available_orderings(model, head_trained)
+    tops = full_ranking_top(
         inputs,
         histories,
         k=10,
         beam=beam,
+        orderings=orderings,
         batch_size=config.eval.batch_size,
-        rerank=True,
         label=f"full ranking ({split})",
     )
-    ranks = target_ranks(top, targets)
+    ranks = target_ranks(tops[config.eval.ranking], targets)
     negatives = sample_negatives(dataset.sequences, dataset.n_items, config.eval.negatives, config.eval.seed)
     candidates = np.concatenate([targets[:, None], negatives], 1)  # (U, 1 + n): target first
-    scores = sampled_scores(inputs, histories, candidates, label=f"sampled-{config.eval.negatives} ({split})")
+    scores = sampled_scores(
+        inputs,
+        histories,
+        candidates,
+        by_dot=config.eval.ranking != "beam",
+        label=f"sampled-{config.eval.negatives} ({split})",
+    )
     s_ranks = sampled_ranks(scores[:, 0], scores[:, 1:])
 
     tail = dataset.tail_mask[targets]
@@ -81,12 +96,15 @@ def evaluate_run(
         "split": split,
         "users": len(targets),
         "beam": beam,
+        "ranking": config.eval.ranking,
         **group_metrics(ranks, s_ranks),
     }
     for name, members in groups.items():
         metrics[name] = {"users": int(members.sum()), **group_metrics(ranks[members], s_ranks[members])}
-    for ordering, tops in reordered.items():
-        re_ranks = target_ranks(tops, targets)
+    for ordering in orderings:
+        if ordering == config.eval.ranking:
+            continue
+        re_ranks = target_ranks(tops[ordering], targets)
         metrics[ordering] = group_metrics(re_ranks, None)
         for name, members in groups.items():
             metrics[ordering][name] = group_metrics(re_ranks[members], None)

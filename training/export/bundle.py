@@ -22,7 +22,15 @@ from service.manifest import DecodingDefaults, FileSpec, IdSpec, Manifest, sha25
 from service.prefix_index import PrefixIndex
 from training.errors import DataError
 from training.export.cached_step import CrossKVGraph, IncrementalStepGraph
-from training.export.graphs import EncoderGraph, StepGraph, TagHeadsGraph, TokenizerGraph, export_graph
+from training.export.graphs import (
+    EncoderGraph,
+    ItemGraph,
+    StepGraph,
+    TagHeadsGraph,
+    TokenizerGraph,
+    UserGraph,
+    export_graph,
+)
 from training.generator.model import SidrecGenerator
 from training.tokenizer.model import HiDVAE
 
@@ -52,7 +60,7 @@ class BundleInputs:
     mode: str = "hidvae"
     configs: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
-    decoding: dict[str, int] = field(default_factory=dict)  # overrides of DecodingDefaults
+    decoding: dict[str, Any] = field(default_factory=dict)  # overrides of DecodingDefaults (k, beam, ranking)
 
 
 def _git_sha() -> str:
@@ -107,7 +115,7 @@ def export_bundle(inputs: BundleInputs, out: Path) -> Manifest:
     prob_outputs = [f"tag_probs_{lvl}" for lvl in range(n_tag_levels)]
     graphs = {
         "tokenizer": export_graph(
-            TokenizerGraph(inputs.tokenizer),
+            TokenizerGraph(inputs.tokenizer, inputs.tokenizer.input_dim - inputs.embedding_dim),
             (torch.randn(2, inputs.embedding_dim),),
             out / "tokenizer.onnx",
             ["embedding"],
@@ -176,6 +184,36 @@ def export_bundle(inputs: BundleInputs, out: Path) -> Manifest:
         },
         meta,
     )
+    table_files = {
+        "sids": "sids.npy",
+        "prefix_index": "prefix_index.npz",
+        "tags": "tags.json",
+        "catalogue": "catalogue.jsonl",
+    }
+    if inputs.decoding.get("ranking") == "dot":
+        generator = inputs.generator.eval()
+        graphs["generator_user"] = export_graph(
+            UserGraph(generator),
+            (memory,),
+            out / "generator_user.onnx",
+            ["memory"],
+            ["user"],
+            {"memory": history, "user": batch},
+            meta,
+        )
+        graphs["item_vectors"] = export_graph(
+            ItemGraph(generator),
+            (sids[:2],),
+            out / "item_vectors.onnx",
+            ["codes"],
+            ["vectors"],
+            {"codes": batch, "vectors": batch},
+            meta,
+        )
+        with torch.no_grad():
+            table = generator.item_table(sids).numpy().astype(np.float32)  # (n_items, item_dim)
+        np.save(out / "item_table.npy", table, allow_pickle=False)
+        table_files["item_table"] = "item_table.npy"
     np.save(out / "sids.npy", inputs.sids.astype(np.int64), allow_pickle=False)
     PrefixIndex.build(inputs.sids.astype(np.int64), k).save(out / "prefix_index.npz")
     (out / "tags.json").write_text(json.dumps({"levels": inputs.tag_levels}, ensure_ascii=False) + "\n")
@@ -189,15 +227,7 @@ def export_bundle(inputs: BundleInputs, out: Path) -> Manifest:
                 "tags": row.tags,
             }
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tables = {
-        name: FileSpec(file=file, sha256=sha256_file(out / file))
-        for name, file in (
-            ("sids", "sids.npy"),
-            ("prefix_index", "prefix_index.npz"),
-            ("tags", "tags.json"),
-            ("catalogue", "catalogue.jsonl"),
-        )
-    }
+    tables = {name: FileSpec(file=file, sha256=sha256_file(out / file)) for name, file in table_files.items()}
     manifest = Manifest(
         bundle_id=bundle_id,
         created_at=created.isoformat(),

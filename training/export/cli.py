@@ -29,6 +29,7 @@ from training import provenance
 from training.data import Dataset
 from training.errors import DataError
 from training.export.bundle import BundleInputs, CatalogueRow, export_bundle
+from training.generator.model import SidrecGenerator
 from training.generator.train import load_run
 from training.tokenizer.artifacts import load_tokenizer
 
@@ -64,7 +65,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def parity(
-    bundle: Path, generator: torch.nn.Module, dataset: Dataset, sids: np.ndarray, n: int = 64
+    bundle: Path, generator: SidrecGenerator, dataset: Dataset, sids: np.ndarray, n: int = 64
 ) -> float:
     """Largest |ONNX - torch| logit over every ID level on ``n`` test histories, loaded as served, for
     both decoding paths (reference step graph and incremental graphs)."""
@@ -85,16 +86,22 @@ def parity(
     codes[tokens == 0] = 0
     worst = 0.0
     with torch.no_grad():
-        ref_memory = generator.encode(tokens, codes)  # type: ignore[operator]
+        ref_memory = generator.encode(tokens, codes)
         real = np.abs(memory - ref_memory.numpy()[:, t - memory.shape[1] :])[mask]  # (real positions, d)
         worst = float(real.max())
         for path in (recommender, Recommender(loaded, kv_cache=False)):
             decoder = path.decoder(memory, mask)  # one beam per history, continuing itself
             for level in range(sids.shape[1]):
                 prefix = sids[np.arange(len(histories)) % len(sids), :level]  # (B, S)
-                expected = generator.step(ref_memory, tokens > 0, torch.from_numpy(prefix)).numpy()  # type: ignore[operator]
+                expected = generator.step(ref_memory, tokens > 0, torch.from_numpy(prefix)).numpy()
                 got = decoder.step(prefix[:, None], np.zeros((len(histories), 1), dtype=np.int64))[:, 0]
                 worst = max(worst, float(np.abs(got - expected).max()))
+        if recommender.ranking == "dot":  # the head: user vectors, and the item vectors of a cold item
+            users = generator.user_vectors(ref_memory[:, -1]).numpy()
+            worst = max(worst, float(np.abs(recommender.user_vectors(memory) - users).max()))
+            unknown = torch.full((len(sids),), generator.unknown_token)
+            cold = generator.item_vectors(unknown, torch.from_numpy(sids)).numpy()
+            worst = max(worst, float(np.abs(recommender.cold_item_vectors(sids) - cold).max()))
     return worst
 
 
@@ -102,7 +109,12 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     command = provenance.command()
     torch.set_num_threads(1)
-    generator, _, run_info = load_run(args.run)
+    generator, run_config, run_info = load_run(args.run)
+    ranking = run_config.eval.ranking
+    if ranking not in ("beam", "dot"):
+        raise DataError(
+            f"{args.run}: eval.ranking = {ranking!r}; the service ranks by 'beam' or 'dot' (retrain with one)"
+        )
     if not generator.config.generative:
         raise DataError(
             f"{args.run}: a SASRec-style run (model.use_semantic=false) has no ID decoder to export"
@@ -139,12 +151,12 @@ def run(args: argparse.Namespace) -> int:
             tag_levels=dataset.tags.levels,
             sids=sids,
             tokenizer=tokenizer,
-            embedding_dim=tokenizer.input_dim,
+            embedding_dim=tokenizer.input_dim - tokenizer_config.collaborative_dims,
             generator=generator,
             mode=tokenizer_config.model.mode,
             configs=configs,
             metrics=metrics,
-            decoding={"k": args.k, "beam": args.beam},
+            decoding={"k": args.k, "beam": args.beam, "ranking": ranking},
         ),
         args.out,
     )

@@ -1,4 +1,4 @@
-"""The four ONNX graphs of a bundle: tiny wrappers with tensor-only signatures, and their export.
+"""The ONNX graphs of a bundle: tiny wrappers with tensor-only signatures, and their export.
 
 Exporter: ``torch.onnx.export(..., dynamo=False)`` (the TorchScript exporter) at opset 17. Why not the
 dynamo exporter: the step graph must accept a prefix of length ``S = 0 .. D-1`` from one file, and
@@ -27,20 +27,37 @@ from service.manifest import GraphSpec, TensorSpec, sha256_file
 from training.generator.model import SidrecGenerator
 from training.tokenizer.model import HiDVAE
 
-__all__ = ["OPSET", "EncoderGraph", "StepGraph", "TagHeadsGraph", "TokenizerGraph", "export_graph"]
+__all__ = [
+    "OPSET",
+    "EncoderGraph",
+    "ItemGraph",
+    "StepGraph",
+    "TagHeadsGraph",
+    "TokenizerGraph",
+    "UserGraph",
+    "export_graph",
+]
 
 OPSET = 17
 EXPORTER = f"torch.onnx.export(dynamo=False) torch {torch.__version__}"
 
 
 class TokenizerGraph(nn.Module):
-    """Cold start: item embedding (N, E) -> codes (N, L) and per-level tag logits."""
+    """Cold start: item text embedding (N, E) -> codes (N, L) and per-level tag logits.
 
-    def __init__(self, tokenizer: HiDVAE) -> None:
+    A tokenizer trained on [unit text ; behaviour] (``collaborative_dims`` > 0) sees a new item the way
+    it saw items without behaviour: unit text, zeros for the behaviour part.
+    """
+
+    def __init__(self, tokenizer: HiDVAE, collaborative_dims: int = 0) -> None:
         super().__init__()
         self.tokenizer = tokenizer
+        self.collaborative_dims = collaborative_dims
 
     def forward(self, embedding: Tensor) -> tuple[Tensor, ...]:
+        if self.collaborative_dims:
+            unit = torch.nn.functional.normalize(embedding, dim=-1)
+            embedding = torch.cat([unit, unit.new_zeros(unit.shape[0], self.collaborative_dims)], -1)
         latents = self.tokenizer.encode(embedding)  # (N, latent)
         codes = self.tokenizer.quantizer(latents).indices  # (N, L)
         return (codes, *self.tokenizer.tag_logits_from_codes(codes))
@@ -66,6 +83,33 @@ class EncoderGraph(nn.Module):
 
     def forward(self, history_tokens: Tensor, history_codes: Tensor) -> Tensor:
         return self.generator.encode(history_tokens, history_codes)
+
+
+class UserGraph(nn.Module):
+    """Dot-product ranking: memory (B, T, d) -> the user vector at the last position (B, item_dim)."""
+
+    def __init__(self, generator: SidrecGenerator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, memory: Tensor) -> Tensor:
+        return self.generator.user_vectors(memory[:, -1])
+
+
+class ItemGraph(nn.Module):
+    """Dot-product ranking of cold-start items: codes (N, D) -> item vectors (N, item_dim).
+
+    A new item has no trained hash row, so it gets the reserved "unknown item" row (what training's
+    hash dropout taught the model to read) beside the semantic embedding of its codes.
+    """
+
+    def __init__(self, generator: SidrecGenerator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, codes: Tensor) -> Tensor:
+        unknown = torch.full_like(codes[:, 0], self.generator.unknown_token)
+        return self.generator.item_vectors(unknown, codes)
 
 
 class StepGraph(nn.Module):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AlignmentPositives", "alignment_positives"]
+__all__ = ["AlignmentPositives", "alignment_positives", "pair_counts"]
 
 
 @dataclass
@@ -22,7 +22,7 @@ class AlignmentPositives:
     tuple_ids: np.ndarray  # (n_items,) int64: items with equal semantic code tuples share an id
 
 
-def _pair_counts(sequences: list[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pair_counts(sequences: list[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Symmetric counts of (i, j) pairs within ``window`` positions: returns (i, j, count)."""
     flat = np.concatenate(sequences) if sequences else np.zeros(0, np.int64)
     owner = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences])
@@ -56,7 +56,7 @@ def alignment_positives(
     n_items = codes.shape[0]
     neighbours = np.full((n_items, top), -1, np.int64)
     weights = np.zeros((n_items, top), np.float32)
-    i, j, counts = _pair_counts(sequences, window)
+    i, j, counts = pair_counts(sequences, window)
     keep = counts >= min_count
     i, j, counts = i[keep], j[keep], counts[keep].astype(np.float64)
     item_totals = np.bincount(i, weights=counts, minlength=n_items)

@@ -29,7 +29,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["EncoderState", "GeneratorConfig", "SidrecGenerator"]
@@ -106,15 +105,19 @@ def _history_bias(mask: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head attention with an additive bias (exports to ONNX as plain MatMul/Softmax)."""
+    """Multi-head attention with an additive bias (exports to ONNX as plain MatMul/Softmax).
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+    No dropout on the attention probabilities: with histories of a few items it removes most of what a
+    position can see, and its random numbers cost a fifth of a CPU training step; the blocks' residual
+    and feed-forward dropout regularise instead.
+    """
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.q = nn.Linear(d_model, d_model)
         self.kv = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
-        self.dropout = dropout
 
     def forward(self, query: Tensor, key: Tensor, bias: Tensor) -> Tensor:
         b, tq, d = query.shape
@@ -123,8 +126,7 @@ class Attention(nn.Module):
         q = self.q(query).view(b, tq, h, d // h).transpose(1, 2)  # (B, h, Tq, dh)
         k, v = self.kv(key).view(b, tk, 2, h, d // h).permute(2, 0, 3, 1, 4)  # (B, h, Tk, dh) each
         scores = q @ k.transpose(-1, -2) / math.sqrt(d // h) + bias  # (B, h, Tq, Tk)
-        weights = F.dropout(scores.softmax(-1), self.dropout, self.training)
-        return self.out((weights @ v).transpose(1, 2).reshape(b, tq, d))  # (B, Tq, d)
+        return self.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, tq, d))  # (B, Tq, d)
 
 
 class FeedForward(nn.Module):
@@ -144,9 +146,9 @@ class Block(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float, cross: bool) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
-        self.attn = Attention(d_model, n_heads, dropout)
+        self.attn = Attention(d_model, n_heads)
         self.ln_cross = nn.LayerNorm(d_model) if cross else None
-        self.cross = Attention(d_model, n_heads, dropout) if cross else None
+        self.cross = Attention(d_model, n_heads) if cross else None
         self.ln2 = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, dropout)
         self.drop = nn.Dropout(dropout)
@@ -165,9 +167,9 @@ class Block(nn.Module):
 class LevelCrossAttention(nn.Module):
     """Residual cross-attention ``LN(query + Attn(query, key))`` used for the H2Rec level/branch mixing."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
-        self.attn = Attention(d_model, n_heads, dropout)
+        self.attn = Attention(d_model, n_heads)
         self.ln = nn.LayerNorm(d_model)
 
     def forward(self, query: Tensor, key: Tensor, bias: Tensor) -> Tensor:
@@ -197,10 +199,8 @@ class SidrecGenerator(nn.Module):
             self.semantic_mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
             self.register_buffer("level_offsets", torch.arange(big_l) * k, persistent=False)
         if c.use_hash and c.use_semantic:
-            self.level_cross = nn.ModuleList(
-                [LevelCrossAttention(d, c.cross_heads, c.dropout) for _ in range(big_l)]
-            )
-            self.semantic_cross = LevelCrossAttention(d, c.cross_heads, c.dropout)
+            self.level_cross = nn.ModuleList([LevelCrossAttention(d, c.cross_heads) for _ in range(big_l)])
+            self.semantic_cross = LevelCrossAttention(d, c.cross_heads)
             self.gate_mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, big_l))
             self.level_mask_emb = nn.Parameter(torch.zeros(big_l, d))  # masked-granularity stand-ins
             self.register_buffer(
@@ -248,14 +248,19 @@ class SidrecGenerator(nn.Module):
         """Fused semantic embedding e_S = MLP(mean_l v_l): (…, L, d) -> (…, d)."""
         return self.semantic_mlp(views.mean(-2))
 
-    def item_table(self, item_codes: Tensor) -> Tensor:
-        """[E_H(i); e_S(i)] for every item (the dot-product head's targets): (n_items, item_dim)."""
+    def item_vectors(self, tokens: Tensor, codes: Tensor) -> Tensor:
+        """[E_H(i); e_S(i)] (the dot-product head's targets) for tokens (…) with their codes (…, D)."""
         parts = []
         if self.hash_emb is not None:
-            parts.append(self.hash_emb.weight[1 : self.config.n_items + 1])
+            parts.append(self.hash_embedding(tokens))
         if self.config.use_semantic:
-            parts.append(self.semantic_embedding(self.level_views(item_codes)))
+            parts.append(self.semantic_embedding(self.level_views(codes)))
         return torch.cat(parts, -1)
+
+    def item_table(self, item_codes: Tensor) -> Tensor:
+        """``item_vectors`` of every item, codes (n_items, D) -> (n_items, item_dim)."""
+        tokens = torch.arange(1, item_codes.shape[0] + 1, device=item_codes.device)
+        return self.item_vectors(tokens, item_codes)
 
     # ------------------------------------------------------------------------------------- encoder
     def run_backbone(self, x: Tensor, causal_bias: Tensor) -> Tensor:
@@ -339,6 +344,32 @@ class SidrecGenerator(nn.Module):
         hidden = self.decode(memory, memory_mask, prefix)[:, s:]  # (N, 1, d): last position only
         weight = self.head_weight[s : s + 1]  # (1, d, K)
         return (torch.einsum("njd,jdk->njk", hidden, weight) + self.head_bias[s : s + 1]).squeeze(1)
+
+    def sequence_id_logits(self, state: EncoderState, codes: Tensor) -> Tensor:
+        """Teacher-forced logits of the next item's ID at every position: codes (B, T, D) -> (B, T, D, K).
+
+        Training's form of ``id_logits``: the decoder inputs of all T positions of a sequence run as one
+        row of T·D tokens, each block of D causal within itself and cross-attending to the memory up to
+        its own position, so the cross-attention keys/values are computed once per sequence instead of
+        once per target (the same numbers as ``id_logits`` on each position's visible memory).
+        """
+        b, t, d_len = codes.shape
+        k = self.config.codebook_size
+        bos = torch.full((b, t, 1), d_len * k, dtype=codes.dtype, device=codes.device)
+        tokens = torch.cat([bos, codes[..., :-1] + self.code_offsets[: d_len - 1]], -1)  # (B, T, D)
+        x = (self.code_emb(tokens) + self.level_pos.weight[:d_len]).reshape(b, t * d_len, -1)
+        block = torch.arange(t, device=codes.device).repeat_interleave(d_len)  # (T·D,) position of a token
+        level = torch.arange(d_len, device=codes.device).repeat(t)
+        own = (block[:, None] == block[None, :]) & (level[:, None] >= level[None, :])
+        self_bias = _attention_bias(own).unsqueeze(0)  # (1, 1, T·D, T·D)
+        visible = (torch.arange(t, device=codes.device)[None, :] <= block[:, None])[None] & state.mask[
+            :, None, :
+        ]
+        memory_bias = _attention_bias(visible)  # (B, 1, T·D, T)
+        for layer in self.decoder:
+            x = layer(x, self_bias, state.memory, memory_bias)
+        hidden = self.decoder_ln(x).view(b, t, d_len, -1)
+        return torch.einsum("btjd,jdk->btjk", hidden, self.head_weight) + self.head_bias
 
     def id_logits(self, memory: Tensor, memory_mask: Tensor, codes: Tensor) -> Tensor:
         """Teacher-forced logits of every level of the IDs ``codes`` (N, D) -> (N, D, K)."""

@@ -10,6 +10,7 @@ the test split is never touched here (``python -m training evaluate`` reports it
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -28,7 +30,7 @@ from training.config import config_to_dict, dump_toml
 from training.data import Dataset
 from training.errors import ConfigError, DataError
 from training.evaluate.metrics import ranking_metrics, target_ranks
-from training.evaluate.ranking import RankingInputs, full_ranking_top
+from training.evaluate.ranking import ORDERINGS, RankingInputs, full_ranking_top
 from training.generator.beam import PrefixTrie
 from training.generator.cooccurrence import alignment_positives
 from training.generator.losses import GeneratorObjective, LossConfig, PositiveTables
@@ -65,13 +67,30 @@ class TrainConfig:
     #: torch intra-op threads; 1 is fastest on small shared CPUs (2 threads spin against other work)
     threads: int = 1
     seed: int = 0
+    #: share of training spent warming the learning rate up linearly; then it follows a cosine to 0
+    warmup: float = 0.05
+
+
+def learning_rate_factor(progress: float, warmup: float) -> float:
+    """Warmup + cosine at ``progress`` in [0, 1] of training.
+
+    Progress is the larger of the share of steps done and the share of the time budget spent, so a run
+    cut by ``max_minutes`` still anneals instead of stopping at its peak rate.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup:
+        return max(progress / warmup, 1e-3)
+    return 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / max(1e-9, 1.0 - warmup)))
 
 
 @dataclass
 class EvalConfig:
     beam: int = 20
+    #: the ordering that selects the checkpoint and that the service answers with (``ORDERINGS``):
+    #: ``dot`` (the dual-branch head scores every item) or ``beam`` (the constrained beam's order), ...
+    ranking: str = "beam"
     #: validation users used for model selection (fixed, seeded subset; 0 = all)
-    valid_users: int = 2000
+    valid_users: int = 0
     negatives: int = 100
     seed: int = 0
     batch_size: int = 256
@@ -89,6 +108,14 @@ class GeneratorRunConfig:
     def __post_init__(self) -> None:
         if self.eval.beam < 10:
             raise ConfigError(f"eval.beam must be >= 10 to report @10 metrics, got {self.eval.beam}")
+        if not self.model.generative:  # SASRec: the dot-product head is its only way to rank
+            self.eval = replace(self.eval, ranking="dot")
+        possible = ORDERINGS if self.loss.dot_weight > 0 else ("beam",)
+        if self.eval.ranking not in possible:
+            raise ConfigError(
+                f"eval.ranking = {self.eval.ranking!r}: this model can rank by {', '.join(possible)} "
+                "(dot needs loss.dot_weight > 0; a model without semantic IDs ranks by dot only)"
+            )
 
 
 @dataclass
@@ -136,6 +163,24 @@ def training_chunks(sequences: list[np.ndarray], max_len: int) -> np.ndarray:
     return np.stack(rows) if rows else np.zeros((0, max_len + 1), np.int64)
 
 
+def length_bucketed_batches(lengths: Tensor, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """Row indices of the batches of one epoch, each of chunks of similar length, in random order.
+
+    Histories are mostly far shorter than ``max_len`` and a batch is padded to its longest chunk, so
+    random batches would spend most of a step on padding. Rows are shuffled, sorted by length within
+    pools of 50 batches (so batches still mix users at random) and the batches shuffled again. Only
+    whole batches are kept (the remainder joins the next epoch's draw).
+    """
+    order = torch.randperm(len(lengths), generator=generator)
+    pool = 50 * batch_size
+    batches = []
+    for start in range(0, len(order) - batch_size + 1, pool):
+        rows = order[start : start + pool]
+        rows = rows[torch.sort(lengths[rows], stable=True).indices]
+        batches += [rows[i : i + batch_size] for i in range(0, len(rows) - batch_size + 1, batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size); joins the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -159,10 +204,12 @@ def _sid_table(sids: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def validate(
-    model: SidrecGenerator, inputs: RankingInputs, histories: list[np.ndarray], targets: np.ndarray, beam: int
+    inputs: RankingInputs, histories: list[np.ndarray], targets: np.ndarray, config: EvalConfig
 ) -> dict[str, float]:
-    top, _ = full_ranking_top(inputs, histories, k=10, beam=beam, label="validate")
-    return ranking_metrics(target_ranks(top, targets), (5, 10))
+    tops = full_ranking_top(
+        inputs, histories, k=10, beam=config.beam, orderings=(config.ranking,), label="validate"
+    )
+    return ranking_metrics(target_ranks(tops[config.ranking], targets), (5, 10))
 
 
 def train_generator(
@@ -216,16 +263,18 @@ def train_generator(
     history: list[dict[str, float]] = []
     stale, step = 0, 0
     start = time.perf_counter()
+    n_batches = max(1, len(chunks) // config.train.batch_size // world)
+    total_steps = n_batches * config.train.epochs
+    budget_seconds = 60 * config.train.max_minutes
+    lengths = (chunks > 0).sum(1)
     for epoch in range(1, config.train.epochs + 1):
         model.train()
-        order = torch.randperm(len(chunks), generator=generator)[
-            rank::world
-        ]  # same permutation on every rank
-        n_batches = max(1, len(order) // config.train.batch_size)
+        batches = length_bucketed_batches(lengths, config.train.batch_size, generator)
+        batches = batches[: len(batches) // world * world][rank::world]  # as many on every rank
         totals: dict[str, float] = {}
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", leave=False, disable=None if rank == 0 else True)
-        for b in bar:
-            batch = chunks[order[b * config.train.batch_size : (b + 1) * config.train.batch_size]].to(device)
+        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None if rank == 0 else True)
+        for rows in bar:
+            batch = chunks[rows].to(device)
             batch = batch[:, int((batch > 0).any(0).float().argmax()) :]  # drop all-padding columns
             inputs_tok, targets = batch[:, :-1], batch[:, 1:]
             if config.model.use_hash and config.train.hash_dropout > 0:
@@ -235,12 +284,16 @@ def train_generator(
                 hashed = torch.where(drop & (inputs_tok > 0), model.unknown_token, inputs_tok)
             else:
                 hashed = None
+            elapsed = time.perf_counter() - start
+            progress = max(step / total_steps, elapsed / budget_seconds if budget_seconds else 0.0)
+            for group in optimizer.param_groups:
+                group["lr"] = config.train.lr * learning_rate_factor(progress, config.train.warmup)
             total, parts = objective(inputs_tok, targets, hashed)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
             for name, value in parts.items():
-                totals[name] = totals.get(name, 0.0) + value / n_batches
+                totals[name] = totals.get(name, 0.0) + value / len(batches)
             bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
             step += 1
             if max_steps is not None and step >= max_steps:
@@ -251,7 +304,7 @@ def train_generator(
         out_of_time = budget > 0 and time.perf_counter() - start > 60 * budget
         last = epoch == config.train.epochs or out_of_time
         if rank == 0 and (epoch % config.train.eval_every == 0 or last):
-            scores = validate(model, inputs, valid_histories, valid_targets, config.eval.beam)
+            scores = validate(inputs, valid_histories, valid_targets, config.eval)
             record.update({f"valid.{k}": v for k, v in scores.items()})
             if scores["ndcg@10"] > best["ndcg@10"]:
                 best = {"ndcg@10": scores["ndcg@10"], "epoch": epoch, "state": _cpu_state(model)}

@@ -61,8 +61,9 @@ def load_tokenizer(run_dir: Path) -> tuple[HiDVAE, TokenizerConfig]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         raw = checkpoint["config"]
         model_config = HiDVAEConfig(**{**raw["model"], "hidden_dims": tuple(raw["model"]["hidden_dims"])})
+        extra = {k: raw[k] for k in ("collaborative_dims", "collaborative_weight") if k in raw}
         config = TokenizerConfig(
-            model=model_config, train=TrainConfig(**raw["train"]), encoder=raw["encoder"]
+            model=model_config, train=TrainConfig(**raw["train"]), encoder=raw["encoder"], **extra
         )
         model = HiDVAE(
             model_config,

@@ -1,14 +1,15 @@
 """A tiny but real run, built once per test session: synthetic shop -> TF-IDF/SVD embeddings ->
 HiD-VAE tokenizer (k-means-initialised codebooks, the tokenizer's own unique-ID assignment; no
 gradient steps, which would take most of a minute and tend to collapse codes at this size) ->
-generator (60 next-item steps) -> ``export_bundle``. Seconds on 2 cores; every graph and table in the
+generator (60 next-item steps of the ID loss and the dot-product head's loss) -> ``export_bundle``,
+once ranking by the beam and once by the head. Seconds on 2 cores; every graph and table in the
 bundle is the real thing.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ STEPS, BATCH = 60, 32
 
 @dataclass
 class TinyRun:
-    bundle: Path
+    bundle: Path  # ranks by the constrained beam
+    dot_bundle: Path  # the same run, ranking by the dot-product head
     dataset: Dataset
     embeddings: np.ndarray  # (n_items, E)
     sids: np.ndarray  # (n_items, D)
@@ -69,6 +71,8 @@ def _train_generator(dataset: Dataset, sids: np.ndarray, k: int) -> SidrecGenera
         memory = model.encode(t, codes[(t - 1).clamp(min=0)])  # (B, T, d)
         logits = model.id_logits(memory, t > 0, codes[targets])  # (B, D, K)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, k), codes[targets].reshape(-1))
+        scores = model.user_vectors(memory[:, -1]) @ model.item_table(codes).T  # (B, n_items): the head
+        loss = loss + torch.nn.functional.cross_entropy(scores, torch.from_numpy(targets))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -98,18 +102,16 @@ def build_tiny_run(root: Path) -> TinyRun:
         CatalogueRow(item.item_id, item.title, list(item.category_path), dataset.tag_ids[i].tolist())
         for i, item in enumerate(dataset.items)
     ]
-    bundle = root / "bundle"
-    export_bundle(
-        BundleInputs(
-            catalogue=catalogue,
-            tag_levels=dataset.tags.levels,
-            sids=sids,
-            tokenizer=tokenizer,
-            embedding_dim=embeddings.shape[1],
-            generator=generator,
-            configs={"note": "tests/training/export/tiny_run.py"},
-            metrics={"note": "untrained tokenizer, 60-step generator: not a quality measurement"},
-        ),
-        bundle,
+    inputs = BundleInputs(
+        catalogue=catalogue,
+        tag_levels=dataset.tags.levels,
+        sids=sids,
+        tokenizer=tokenizer,
+        embedding_dim=embeddings.shape[1],
+        generator=generator,
+        configs={"note": "tests/training/export/tiny_run.py"},
+        metrics={"note": "untrained tokenizer, 60-step generator: not a quality measurement"},
     )
-    return TinyRun(bundle, dataset, embeddings, sids, tokenizer, generator)
+    export_bundle(inputs, root / "bundle")
+    export_bundle(replace(inputs, decoding={"ranking": "dot"}), root / "bundle-dot")
+    return TinyRun(root / "bundle", root / "bundle-dot", dataset, embeddings, sids, tokenizer, generator)

@@ -1,12 +1,13 @@
-"""The beam re-orderings of the evaluation: with a beam that covers the catalogue, ``reranked`` is the
-dot-product head's own ranking and ``fused`` is the brute-force product of the two experts."""
+"""The orderings of the evaluation: with a beam that covers the catalogue, ``reranked`` and ``dot`` are
+the dot-product head's own ranking and ``fused`` is the brute-force product of the two experts; no
+ordering recommends an item of the user's history."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from training.evaluate.ranking import RankingInputs, full_ranking_top
+from training.evaluate.ranking import ORDERINGS, RankingInputs, full_ranking_top
 from training.generator.beam import PrefixTrie
 from training.generator.model import GeneratorConfig, SidrecGenerator
 
@@ -24,7 +25,7 @@ def test_reorderings_match_brute_force_when_the_beam_covers_the_catalogue() -> N
     table = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.from_numpy(sids)])
     histories = [np.array([2, 7, 0, 19]), np.array([29]), np.array([3, 4, 5, 6, 7, 8])]
     inputs = RankingInputs(model, table, PrefixTrie(sids, CODEBOOK))
-    top, reordered = full_ranking_top(inputs, histories, k=10, beam=N_ITEMS, rerank=True)
+    tops = full_ranking_top(inputs, histories, k=10, beam=N_ITEMS, orderings=ORDERINGS)
 
     with torch.no_grad():
         tokens = torch.zeros(3, 6, dtype=torch.long)
@@ -33,13 +34,12 @@ def test_reorderings_match_brute_force_when_the_beam_covers_the_catalogue() -> N
         memory = model.encode(tokens, table[tokens])
         generative = exact_scores(model, memory, tokens > 0, sids)  # (3, n_items)
         dot = (model.user_vectors(memory[:, -1]) @ model.item_table(table[1:]).T).log_softmax(-1)
-    expected = {
-        "beam": generative,
-        "reranked": dot,
-        "fused": generative + dot,
-    }
-    assert set(reordered) == {"reranked", "fused"}
+    seen = torch.zeros(3, N_ITEMS, dtype=torch.bool)
+    for row, history in enumerate(histories):
+        seen[row, torch.from_numpy(history)] = True
+    expected = {"beam": generative, "dot": dot, "reranked": dot, "fused": generative + dot}
+    assert set(tops) == set(ORDERINGS)
     for name, scores in expected.items():
-        got = top if name == "beam" else reordered[name]
-        want = torch.sort(-scores, dim=1, stable=True).indices[:, :10].numpy()
-        assert np.array_equal(got, want), name
+        want = torch.sort(-scores.masked_fill(seen, float("-inf")), dim=1, stable=True).indices[:, :10]
+        assert np.array_equal(tops[name], want.numpy()), name
+        assert not any(set(top) & set(history) for top, history in zip(tops[name], histories, strict=True))
