@@ -20,10 +20,6 @@ from service.server import Server
 from service.settings import Settings
 
 
-def _setting_names() -> set[str]:
-    return {f"SIDREC_{name.upper()}" for name in Settings.model_fields}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m service", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -56,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as exc:
         print(f"error: refusing to serve: {exc}", file=sys.stderr)
         return 2
-    unknown = sorted({k for k in os.environ if k.startswith("SIDREC_")} - _setting_names())
+    unknown = sorted(
+        {k for k in os.environ if k.startswith("SIDREC_")}
+        - {f"SIDREC_{n.upper()}" for n in Settings.model_fields}
+    )
     if unknown:  # a retired or misspelt setting would otherwise be ignored without a word
         logging.getLogger("sidrec.service").warning("ignoring unknown settings: %s", ", ".join(unknown))
     if settings.spool_dir is not None:

@@ -21,7 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.settings import Settings
 
-__all__ = ["Server", "read_timeout_protocol"]
+__all__ = ["Server"]
 
 
 class _ReadTimeoutProtocol(HttpToolsProtocol):
@@ -62,11 +62,6 @@ class _ReadTimeoutProtocol(HttpToolsProtocol):
             self.transport.close()  # a route waiting for the body sees a disconnect
 
 
-def read_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol, closing connections whose request is not in after ``seconds``."""
-    return type("ReadTimeoutProtocol", (_ReadTimeoutProtocol,), {"read_timeout_s": seconds})
-
-
 class Server(uvicorn.Server):
     """uvicorn's server for ``app``; marks ``app.state.shutting_down`` when a stop signal arrives."""
 
@@ -79,7 +74,9 @@ class Server(uvicorn.Server):
                 host=settings.host,
                 port=settings.port,
                 log_level=settings.log_level,
-                http=read_timeout_protocol(settings.read_timeout_s),
+                http=type(
+                    "ReadTimeout", (_ReadTimeoutProtocol,), {"read_timeout_s": settings.read_timeout_s}
+                ),
                 timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
             )
         )

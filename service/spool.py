@@ -81,16 +81,10 @@ class EventSpool:
         """Queue the event in ``pending`` and return once it is on disk (fsynced); refuse
         (``StoreUnavailable``) without a spool folder, when full, or when the disk fails."""
         if self._fd is None:
-            raise StoreUnavailable(
-                "events: the history store is down and this service keeps no spool (SIDREC_SPOOL_DIR); "
-                "retry later",
-                retry_after=RETRY_AFTER_S,
-            )
+            raise _refused("this service keeps no spool (SIDREC_SPOOL_DIR)")
         if self.size + len(item_ids) > self.capacity:
-            raise StoreUnavailable(
-                f"events: the history store is down and {self.size} events are already spooled "
-                f"(SIDREC_EVENT_BUFFER_SIZE={self.capacity}); retry later",
-                retry_after=RETRY_AFTER_S,
+            raise _refused(
+                f"{self.size} events are already spooled (SIDREC_EVENT_BUFFER_SIZE={self.capacity})"
             )
         done = asyncio.get_running_loop().create_future()
         self._waiting.append((json.dumps({"user_id": user_id, "items": item_ids}).encode() + b"\n", done))
@@ -123,13 +117,7 @@ class EventSpool:
                     log.error("spool: cannot write %s: %s", self.path, exc)
                     for _, done in batch:  # refused, but still in ``pending``: at least once
                         if not done.done():
-                            done.set_exception(
-                                StoreUnavailable(
-                                    "events: the history store is down and the spool cannot be "
-                                    "written; retry later",
-                                    retry_after=RETRY_AFTER_S,
-                                )
-                            )
+                            done.set_exception(_refused("the spool cannot be written"))
                     continue
                 for _, done in batch:
                     if not done.done():
@@ -180,6 +168,10 @@ def _append(fd: int | None, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, size)
         raise
+
+
+def _refused(why: str) -> StoreUnavailable:
+    return StoreUnavailable(f"events: the history store is down and {why}; retry later", RETRY_AFTER_S)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -17,13 +17,11 @@ says ``degraded``) and a background task reconnects with exponential backoff and
 
 - histories are read from a bounded LRU *mirror* of the histories last read or written (exact: every
   append reads the list back in the same transaction), so ``user_id`` requests keep being answered;
-- accepted events go to the *spool* (``service.spool``: fsynced to a file in ``SIDREC_SPOOL_DIR``
-  before the 2xx, bounded, ordered; ``sidrec_event_buffer_events``) as well as the mirror, and are
-  written to Redis, oldest first, before the store reports ``ok`` again, by this process or, if it
-  stopped first, by the next one to start on the folder. Without a spool folder, or when the spool is
-  full, an event is refused with ``StoreUnavailable`` (503 + Retry-After) so the caller can retry: an
-  event is either in Redis, on disk, or refused, never acknowledged and dropped. Delivery is at least
-  once: an append whose reply was lost (timeout) is spooled and may be written twice.
+- accepted events go to the mirror and the *spool* (``service.spool``: fsynced in ``SIDREC_SPOOL_DIR``
+  before the 2xx; ``sidrec_event_buffer_events``), written to Redis, oldest first, before the store
+  reports ``ok`` again (by the next process on the folder if this one stops first). Without a spool,
+  or with it full, an event is refused (``StoreUnavailable``: 503 + Retry-After): never acknowledged
+  and dropped. At least once: an append whose reply was lost (timeout) is spooled and may repeat.
 
 Operations use short socket timeouts so a dead Redis costs a request milliseconds, not seconds.
 """
