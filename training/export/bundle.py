@@ -61,6 +61,7 @@ class BundleInputs:
     configs: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     decoding: dict[str, Any] = field(default_factory=dict)  # overrides of DecodingDefaults (k, beam, ranking)
+    tag_temperatures: list[float] | None = None  # per tag level (see ``TagHeadsGraph``); None = 1
 
 
 def _git_sha() -> str:
@@ -124,7 +125,7 @@ def export_bundle(inputs: BundleInputs, out: Path) -> Manifest:
             meta,
         ),
         "tag_heads": export_graph(
-            TagHeadsGraph(inputs.tokenizer),
+            TagHeadsGraph(inputs.tokenizer, inputs.tag_temperatures),
             (sids[:2, :levels],),
             out / "tag_heads.onnx",
             ["codes"],

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.explanations import fit_temperature
 from training import provenance
 from training.data import Dataset
 from training.errors import DataError
@@ -32,6 +33,8 @@ from training.export.bundle import BundleInputs, CatalogueRow, export_bundle
 from training.generator.model import SidrecGenerator
 from training.generator.train import load_run
 from training.tokenizer.artifacts import load_tokenizer
+from training.tokenizer.model import HiDVAE
+from training.tokenizer.train import TokenizerConfig, held_out_items
 
 __all__ = ["add_arguments", "run"]
 
@@ -105,6 +108,26 @@ def parity(
     return worst
 
 
+def tag_temperatures(
+    tokenizer: HiDVAE, config: TokenizerConfig, dataset: Dataset, sids: np.ndarray
+) -> list[float]:
+    """One temperature per tag level, fitted on the tokenizer's held-out items (whose tags it never
+    saw) so that an explanation's confidence matches how often such a tag is right. Items of the
+    ``<unknown>`` class (path too short) are left out."""
+    rng = np.random.default_rng(config.train.seed)
+    valid = held_out_items(dataset.n_items, config.train.valid_fraction, rng)
+    codes = torch.from_numpy(sids[valid, : tokenizer.config.levels])
+    with torch.no_grad():
+        logits = tokenizer.tag_logits_from_codes(codes)
+    temperatures = []
+    for level, level_logits in enumerate(logits):
+        labels = dataset.tag_ids[valid, level]
+        known = labels > 0
+        probs = level_logits.softmax(-1).numpy()[known]
+        temperatures.append(round(fit_temperature(probs, labels[known]), 4))
+    return temperatures
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     command = provenance.command()
@@ -135,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     metrics = {k: v for k, v in _read_json(args.run / "metrics.json").items() if k != "history"}
     metrics["tokenizer"] = {k: v for k, v in _read_json(ids_dir / "metrics.json").items() if k != "history"}
+    temperatures = tag_temperatures(tokenizer, tokenizer_config, dataset, sids)
+    metrics["tag_temperatures"] = temperatures
     configs = {
         "generator": _read_toml(args.run / "config.toml"),
         "tokenizer": _read_toml(ids_dir / "config.toml"),
@@ -154,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
             embedding_dim=tokenizer.input_dim - tokenizer_config.collaborative_dims,
             generator=generator,
             mode=tokenizer_config.model.mode,
+            tag_temperatures=temperatures,
             configs=configs,
             metrics=metrics,
             decoding={"k": args.k, "beam": args.beam, "ranking": ranking},

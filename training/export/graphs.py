@@ -64,14 +64,20 @@ class TokenizerGraph(nn.Module):
 
 
 class TagHeadsGraph(nn.Module):
-    """Explanations: generated codes (N, L) -> per-level tag probabilities [(N, C_l)]."""
+    """Explanations: generated codes (N, L) -> per-level tag probabilities [(N, C_l)].
 
-    def __init__(self, tokenizer: HiDVAE) -> None:
+    ``temperatures`` (one per level, fitted on the tokenizer's held-out items) divide the logits, so
+    the confidence an explanation shows is calibrated; the most likely tag never changes.
+    """
+
+    def __init__(self, tokenizer: HiDVAE, temperatures: list[float] | None = None) -> None:
         super().__init__()
         self.tokenizer = tokenizer
+        self.temperatures = temperatures or [1.0] * len(tokenizer.tag_heads)
 
     def forward(self, codes: Tensor) -> tuple[Tensor, ...]:
-        return tuple(logits.softmax(-1) for logits in self.tokenizer.tag_logits_from_codes(codes))
+        logits = self.tokenizer.tag_logits_from_codes(codes)
+        return tuple((lg / t).softmax(-1) for lg, t in zip(logits, self.temperatures, strict=False))
 
 
 class EncoderGraph(nn.Module):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +73,14 @@ def _summary(metrics: dict[str, Any]) -> str:
         "mode", "n_items", "collision_rate", "max_items_per_id", "unique_ids_after_resolution",
         "tag_accuracy", "tag_accuracy_train_items", "tag_accuracy_text_probe", "prefix_tag_purity",
         "codebook_usage", "codebook_perplexity", "reconstruction_mse", "selected_step", "train_seconds",
+        "wall_seconds",
     ]  # fmt: skip
     width = max(len(k) for k in keys)
     return "\n".join(f"  {k:<{width}}  {fmt(metrics[k])}" for k in keys)
 
 
 def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     overrides = list(args.set) + ([f"model.mode={args.mode}"] if args.mode else [])
     config = load_config(TokenizerConfig, args.config, overrides)
     dataset = Dataset.load(args.data)
@@ -104,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         trained = train(
             embeddings, dataset.tag_ids, dataset.tags.classes_per_level, tag_text, config, bar.update, report
         )
+    trained.metrics["wall_seconds"] = round(time.perf_counter() - started, 1)  # embedding + training
     metrics = save_run(args.out, trained, config, _command(args))
     print(f"tokenizer run written to {args.out}\n{_summary(metrics)}")
     return 0
