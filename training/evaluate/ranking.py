@@ -37,6 +37,7 @@ __all__ = [
     "RankingInputs",
     "available_orderings",
     "full_ranking_top",
+    "prefix_survival",
     "sample_negatives",
     "sampled_scores",
 ]
@@ -157,6 +158,42 @@ def full_ranking_top(
                 .numpy()
             )
     return out
+
+
+@torch.no_grad()
+def prefix_survival(
+    inputs: RankingInputs,
+    histories: list[np.ndarray],
+    targets: np.ndarray,
+    *,
+    beam: int,
+    batch_size: int = 256,
+) -> list[float]:
+    """Share of targets whose ID prefix is still among the constrained beam's live beams after each
+    level (D values; the last is the beam's recall): where the beam loses the next item."""
+    model = inputs.model
+    model.eval()
+    assert inputs.trie is not None
+    device = inputs.sid_table.device
+    n_items = inputs.sid_table.shape[0] - 1
+    alive = np.zeros((len(histories), inputs.trie.depth), bool)
+    for idx in _batches(histories, batch_size, "prefix survival"):
+        batch = [histories[i] for i in idx]
+        tokens = left_pad(batch, model.config.max_len).to(device)
+        memory = model.encode(tokens, inputs.sid_table[tokens])
+        result = constrained_beam_search(
+            model,
+            memory,
+            tokens > 0,
+            inputs.trie,
+            beam=beam,
+            k=beam,
+            exclude=_seen(batch, n_items, device),
+            targets=torch.from_numpy(targets[idx]).to(device),
+        )
+        assert result.survival is not None
+        alive[idx] = result.survival.cpu().numpy()
+    return [round(float(v), 4) for v in alive.mean(0)]
 
 
 def sample_negatives(sequences: list[np.ndarray], n_items: int, n: int, seed: int) -> np.ndarray:

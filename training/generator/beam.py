@@ -28,6 +28,7 @@ __all__ = ["BeamResult", "PrefixTrie", "constrained_beam_search"]
 class BeamResult:
     items: Tensor  # (N, k) int64 item indices, -1 where fewer than k items were reachable
     scores: Tensor  # (N, k) float32 total log-probabilities, -inf where items is -1
+    survival: Tensor | None = None  # (N, D) bool: the target's prefix is live after each level
 
 
 class PrefixTrie:
@@ -48,6 +49,8 @@ class PrefixTrie:
             _, inverse = np.unique(sids[:, :s], axis=0, return_inverse=True)
             nodes.append(inverse.reshape(-1).astype(np.int64))
         nodes.append(np.arange(n_items, dtype=np.int64))
+        #: ``item_nodes[s][i]``: the node of item ``i``'s prefix of length ``s`` (the item itself at D)
+        self.item_nodes = [torch.from_numpy(level) for level in nodes]
         self.children: list[Tensor] = []
         for s in range(depth):
             table = np.full((int(nodes[s].max()) + 1, codebook_size), -1, np.int64)
@@ -59,6 +62,7 @@ class PrefixTrie:
 
     def to(self, device: torch.device | str) -> PrefixTrie:
         self.children = [c.to(device) for c in self.children]
+        self.item_nodes = [n.to(device) for n in self.item_nodes]
         return self
 
 
@@ -72,8 +76,13 @@ def constrained_beam_search(
     beam: int,
     k: int,
     exclude: Tensor | None = None,
+    targets: Tensor | None = None,
 ) -> BeamResult:
-    """Top-``k`` real items per request: memory (N, T, d), mask (N, T), exclude (N, n_items) bool or None."""
+    """Top-``k`` real items per request: memory (N, T, d), mask (N, T), exclude (N, n_items) bool or None.
+
+    With ``targets`` (N,) item indices, ``BeamResult.survival`` (N, D) tells whether each target's
+    prefix was still among the live beams after each level (the prefix-survival diagnostic).
+    """
     if k > beam:
         raise ValueError(f"k={k} cannot exceed beam={beam}")
     n = memory.shape[0]
@@ -84,6 +93,7 @@ def constrained_beam_search(
     scores = torch.full((n, beam), float("-inf"), device=device)
     scores[:, 0] = 0.0  # one live beam to start
     prefix = torch.zeros(n, beam, 0, dtype=torch.long, device=device)  # (N, beam, S)
+    survived: list[Tensor] = []
     memory_beams = memory.repeat_interleave(beam, 0)  # (N*beam, T, d)
     mask_beams = memory_mask.repeat_interleave(beam, 0)
     for s in range(trie.depth):
@@ -105,4 +115,8 @@ def constrained_beam_search(
         parent = order // kk
         code = order % kk
         prefix = torch.cat([prefix.gather(1, parent.unsqueeze(-1).expand(n, beam, s)), code.unsqueeze(-1)], 2)
-    return BeamResult(items=node[:, :k], scores=scores[:, :k])
+        if targets is not None:
+            survived.append((node == trie.item_nodes[s + 1][targets].unsqueeze(1)).any(1))
+    return BeamResult(
+        items=node[:, :k], scores=scores[:, :k], survival=torch.stack(survived, 1) if survived else None
+    )

@@ -64,5 +64,8 @@ def run(args: argparse.Namespace) -> int:
         f"{'valid ndcg@10':<14}{metrics['valid.ndcg@10']:.4f}  ({metrics['valid_users']} users, full ranking)"
     )
     print(f"{'train time':<14}{metrics['train_seconds']:.0f} s")
+    if metrics.get("prefix_survival"):
+        levels = " / ".join(f"{v:.3f}" for v in metrics["prefix_survival"])
+        print(f"{'survival':<14}{levels}  (validation targets still in the beam after each ID level)")
     print(f"next: python -m training evaluate --run {args.out}")
     return 0

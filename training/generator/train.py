@@ -30,7 +30,7 @@ from training.config import config_to_dict, dump_toml
 from training.data import Dataset
 from training.errors import ConfigError, DataError
 from training.evaluate.metrics import ranking_metrics, target_ranks
-from training.evaluate.ranking import ORDERINGS, RankingInputs, full_ranking_top
+from training.evaluate.ranking import ORDERINGS, RankingInputs, full_ranking_top, prefix_survival
 from training.generator.beam import PrefixTrie
 from training.generator.cooccurrence import alignment_positives
 from training.generator.losses import GeneratorObjective, LossConfig, PositiveTables
@@ -324,7 +324,13 @@ def train_generator(
     train_seconds = time.perf_counter() - start
     if rank == 0 and best["state"] is not None:
         model.load_state_dict(best["state"])
+    survival = (
+        prefix_survival(inputs, valid_histories, valid_targets, beam=config.eval.beam)
+        if rank == 0 and config.model.generative
+        else None
+    )
     metrics: dict[str, Any] = {
+        "prefix_survival": survival,
         "train_seconds": round(train_seconds, 1),
         "best_epoch": best["epoch"],
         "valid.ndcg@10": best["ndcg@10"],

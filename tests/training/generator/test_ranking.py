@@ -5,9 +5,10 @@ ordering recommends an item of the user's history."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from training.evaluate.ranking import ORDERINGS, RankingInputs, full_ranking_top
+from training.evaluate.ranking import ORDERINGS, RankingInputs, full_ranking_top, prefix_survival
 from training.generator.beam import PrefixTrie
 from training.generator.model import GeneratorConfig, SidrecGenerator
 
@@ -43,3 +44,21 @@ def test_reorderings_match_brute_force_when_the_beam_covers_the_catalogue() -> N
         want = torch.sort(-scores.masked_fill(seen, float("-inf")), dim=1, stable=True).indices[:, :10]
         assert np.array_equal(tops[name], want.numpy()), name
         assert not any(set(top) & set(history) for top, history in zip(tops[name], histories, strict=True))
+
+
+def test_prefix_survival_ends_at_the_beams_recall_and_never_comes_back() -> None:
+    torch.manual_seed(3)
+    config = GeneratorConfig(n_items=N_ITEMS, id_length=4, codebook_size=CODEBOOK, d_model=16, max_len=6)
+    model = SidrecGenerator(config).eval()
+    sids = random_unique_ids(N_ITEMS, seed=6)
+    table = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.from_numpy(sids)])
+    inputs = RankingInputs(model, table, PrefixTrie(sids, CODEBOOK))
+    rng = np.random.default_rng(0)
+    histories = [rng.choice(N_ITEMS, size=int(rng.integers(1, 6)), replace=False) for _ in range(40)]
+    targets = np.array([next(i for i in rng.permutation(N_ITEMS) if i not in h) for h in histories])
+    survival = prefix_survival(inputs, histories, targets, beam=5)
+    top = full_ranking_top(inputs, histories, k=5, beam=5)["beam"]
+    assert len(survival) == 4
+    assert survival[-1] == pytest.approx(np.mean([t in row for t, row in zip(targets, top, strict=True)]))
+    assert all(a >= b for a, b in zip(survival, survival[1:], strict=False))
+    assert survival[0] > survival[-1]  # a beam of 5 over 30 items loses most targets somewhere
