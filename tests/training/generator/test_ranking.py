@@ -4,6 +4,8 @@ ordering recommends an item of the user's history."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -60,5 +62,5 @@ def test_prefix_survival_ends_at_the_beams_recall_and_never_comes_back() -> None
     top = full_ranking_top(inputs, histories, k=5, beam=5)["beam"]
     assert len(survival) == 4
     assert survival[-1] == pytest.approx(np.mean([t in row for t, row in zip(targets, top, strict=True)]))
-    assert all(a >= b for a, b in zip(survival, survival[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(survival))
     assert survival[0] > survival[-1]  # a beam of 5 over 30 items loses most targets somewhere
