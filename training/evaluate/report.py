@@ -22,6 +22,7 @@ from training.evaluate.ranking import (
     RankingInputs,
     available_orderings,
     full_ranking_top,
+    prefix_survival,
     sample_negatives,
     sampled_scores,
 )
@@ -101,6 +102,8 @@ def evaluate_run(
     }
     for name, members in groups.items():
         metrics[name] = {"users": int(members.sum()), **group_metrics(ranks[members], s_ranks[members])}
+    if model.config.generative:
+        metrics["prefix_survival"] = prefix_survival(inputs, histories, targets, beam=beam)
     for ordering in orderings:
         if ordering == config.eval.ranking:
             continue
