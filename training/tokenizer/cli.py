@@ -27,6 +27,7 @@ from training.data import Dataset
 from training.data.text import embed_texts
 from training.tokenizer.artifacts import save_run
 from training.tokenizer.collaborative import collaborative_input, ppmi_svd
+from training.tokenizer.defaults import adapt_to_data, explicit_keys
 from training.tokenizer.train import TokenizerConfig, train
 
 __all__ = ["add_arguments", "run"]
@@ -71,12 +72,14 @@ def _summary(metrics: dict[str, Any]) -> str:
 
     keys = [
         "mode", "n_items", "collision_rate", "max_items_per_id", "unique_ids_after_resolution",
+        "items_moved_by_disambiguation", "supervised_levels",
         "tag_accuracy", "tag_accuracy_train_items", "tag_accuracy_text_probe", "prefix_tag_purity",
         "codebook_usage", "codebook_perplexity", "reconstruction_mse", "selected_step", "train_seconds",
         "wall_seconds",
     ]  # fmt: skip
     width = max(len(k) for k in keys)
-    return "\n".join(f"  {k:<{width}}  {fmt(metrics[k])}" for k in keys)
+    lines = [f"  {k:<{width}}  {fmt(metrics[k])}" for k in keys]
+    return "\n".join([*lines, *(f"  {line}" for line in metrics.get("shape_choices", []))])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.set) + ([f"model.mode={args.mode}"] if args.mode else [])
     config = load_config(TokenizerConfig, args.config, overrides)
     dataset = Dataset.load(args.data)
+    explicit = explicit_keys(args.config, overrides)
+    config, choices = adapt_to_data(config, dataset.n_items, dataset.tag_ids, explicit)
     cache_dir = args.cache_dir or args.data / "cache"
     embeddings = embed_texts(dataset.item_texts(), config.encoder, cache_dir)  # (N, E)
     if config.collaborative_dims > 0:
@@ -108,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
             embeddings, dataset.tag_ids, dataset.tags.classes_per_level, tag_text, config, bar.update, report
         )
     trained.metrics["wall_seconds"] = round(time.perf_counter() - started, 1)  # embedding + training
+    trained.metrics["shape_choices"] = choices
     metrics = save_run(args.out, trained, config, _command(args))
+    config_path = args.out / "config.toml"  # what was chosen from the data, and why, above the values
+    config_path.write_text("".join(f"# {line}\n" for line in choices) + config_path.read_text())
     print(f"tokenizer run written to {args.out}\n{_summary(metrics)}")
     return 0

@@ -4,15 +4,26 @@ The trie that the generator decodes through must map every leaf to exactly one i
 share a code tuple after training get a final code 0, 1, 2, ... ordered by the distance of their latent
 to the shared quantised vector (nearest first; ties by item index), so the item that the codes describe
 best keeps 0, and the same input always gives the same IDs.
+
+One disambiguation code tells at most ``K`` items apart. When more than ``K`` items share a tuple, the
+farthest of them (rank ``>= K``) *move*: each takes the first tuple with room among its own prefix with
+another last code (in the order ``spill_order`` gives, nearest codeword first; else ``c+1, c+2, ...``),
+and, if its whole prefix is full, the next tuples in code order. The ID keeps its length
+(``levels + 1``), so the generator, the bundle and the service need no extra decoding step; the
+tokenizer's ``metrics.json`` counts the moved items (``items_moved_by_disambiguation``). Assignment
+fails only when the catalogue has more items than IDs (``K ** (levels + 1)``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
+
 import numpy as np
 
-from training.errors import DataError
+from training.errors import ConfigError, DataError
 
-__all__ = ["assign_unique_ids", "group_sizes"]
+__all__ = ["assign_unique_ids", "group_sizes", "id_capacity"]
 
 
 def group_sizes(codes: np.ndarray) -> np.ndarray:
@@ -21,15 +32,14 @@ def group_sizes(codes: np.ndarray) -> np.ndarray:
     return counts.astype(np.int64)
 
 
-def assign_unique_ids(codes: np.ndarray, distances: np.ndarray, codebook_size: int) -> np.ndarray:
-    """(N, L) codes + (N,) latent-to-codeword distances -> (N, L+1) unique IDs.
+def id_capacity(levels: int, codebook_size: int) -> int:
+    """How many distinct IDs ``levels`` codes plus one disambiguation code over ``K`` codes can hold."""
+    return int(codebook_size) ** (levels + 1)
 
-    Raises ``DataError`` when more than ``codebook_size`` items share one tuple, because the
-    disambiguation code must stay a valid code (< K) for the generator's output layer.
-    """
+
+def _ranks(codes: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """Rank (N,) of each item inside its tuple's group: by distance, then item index."""
     n = codes.shape[0]
-    if n == 0:
-        raise DataError("cannot assign IDs to an empty catalogue")
     _, group = np.unique(codes, axis=0, return_inverse=True)  # (N,)
     group = group.reshape(-1)
     order = np.lexsort((np.arange(n), distances, group))  # by group, then distance, then index
@@ -38,10 +48,73 @@ def assign_unique_ids(codes: np.ndarray, distances: np.ndarray, codebook_size: i
     group_start = np.repeat(first_of_group, np.diff(np.r_[first_of_group, n]))  # (N,) in sorted order
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n) - group_start
-    if rank.max() >= codebook_size:
-        worst = codes[order[first_of_group[np.argmax(np.diff(np.r_[first_of_group, n]))]]]
-        raise DataError(
-            f"{int(rank.max()) + 1} items share the code tuple {worst.tolist()}, more than the "
-            f"{codebook_size} disambiguation codes; train longer or raise model.codebook_size"
+    return rank
+
+
+def assign_unique_ids(
+    codes: np.ndarray,
+    distances: np.ndarray,
+    codebook_size: int,
+    spill_order: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """(N, L) codes + (N,) latent-to-codeword distances -> (N, L+1) unique IDs, codes all ``< K``.
+
+    ``spill_order(items)`` -> (len(items), K) int: for items that must move (see the module
+    docstring), their last-level codes in order of preference. Raises ``ConfigError`` when the
+    catalogue has more items than ``K ** (L + 1)`` IDs.
+    """
+    n, levels = codes.shape
+    if n == 0:
+        raise DataError("cannot assign IDs to an empty catalogue")
+    if codes.min() < 0 or codes.max() >= codebook_size:
+        raise DataError(f"codes must lie in [0, {codebook_size}), got [{codes.min()}, {codes.max()}]")
+    if n > id_capacity(levels, codebook_size):
+        raise ConfigError(
+            f"{n:,} items need more IDs than {levels} codes + 1 disambiguation code over "
+            f"{codebook_size} codes can hold ({id_capacity(levels, codebook_size):,}): raise "
+            "model.codebook_size or model.levels"
         )
-    return np.concatenate([codes.astype(np.int64), rank[:, None]], axis=1)
+    codes = codes.astype(np.int64)
+    rank = _ranks(codes, distances)
+    moving = np.flatnonzero(rank >= codebook_size)
+    if moving.size == 0:
+        return np.concatenate([codes, rank[:, None]], axis=1)
+    codes = codes.copy()
+    moving = moving[np.lexsort((rank[moving], *codes[moving].T[::-1]))]  # by tuple, then rank
+    staying = rank < codebook_size
+    occupancy: Counter[tuple[int, ...]] = Counter(map(tuple, codes[staying].tolist()))
+    preferred = spill_order(moving) if spill_order is not None else None  # (n_moving, K)
+    for row, item in enumerate(moving.tolist()):
+        tuple_ = codes[item].tolist()
+        last = tuple_[-1]
+        candidates = (
+            preferred[row].tolist()
+            if preferred is not None
+            else [(last + step) % codebook_size for step in range(1, codebook_size)]
+        )
+        target = next(
+            (key for c in candidates if occupancy[key := (*tuple_[:-1], int(c))] < codebook_size), None
+        )
+        if target is None:
+            target = _next_free(tuple_, occupancy, codebook_size)
+        codes[item] = target
+        rank[item] = occupancy[target]
+        occupancy[target] += 1
+    return np.concatenate([codes, rank[:, None]], axis=1)
+
+
+def _next_free(start: list[int], occupancy: Counter[tuple[int, ...]], k: int) -> tuple[int, ...]:
+    """The first tuple after ``start`` in code order (wrapping) with fewer than ``k`` items."""
+    levels = len(start)
+    value = 0
+    for code in start:
+        value = value * k + code
+    for step in range(1, k**levels):
+        rest, digits = (value + step) % k**levels, []
+        for _ in range(levels):
+            rest, digit = divmod(rest, k)
+            digits.append(digit)
+        key = tuple(digits[::-1])
+        if occupancy[key] < k:
+            return key
+    raise ConfigError("no free semantic ID left: raise model.codebook_size or model.levels")

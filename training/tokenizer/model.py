@@ -111,17 +111,16 @@ class TagHead(nn.Module):
 
 
 class HiDVAE(nn.Module):
-    """The tokenizer. ``tag_classes[l]`` counts the level-l tag ids including 0 = unknown."""
+    """The tokenizer. ``tag_classes[l]`` counts the level-l tag ids including 0 = unknown.
+
+    Code levels past ``len(tag_classes)`` get no tag head: they train on reconstruction, the quantiser
+    and the uniqueness loss alone (a flat or missing hierarchy still gives IDs of full length).
+    """
 
     def __init__(
         self, config: HiDVAEConfig, *, input_dim: int, tag_classes: Sequence[int], tag_text_dim: int
     ) -> None:
         super().__init__()
-        if config.mode == "hidvae" and config.levels > len(tag_classes):
-            raise ValueError(
-                f"hidvae mode needs a tag level per code level: {config.levels} code levels, "
-                f"{len(tag_classes)} tag levels"
-            )
         self.config = config
         self.input_dim = input_dim
         self.tag_classes = list(tag_classes)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.errors import ConfigError, DataError
+from training.errors import DataError
 from training.tokenizer.ids import assign_unique_ids
 from training.tokenizer.metrics import (
     codebook_stats,
@@ -35,6 +35,7 @@ __all__ = [
     "check_inputs",
     "evaluate",
     "held_out_items",
+    "supervised_levels",
     "train",
 ]
 
@@ -104,20 +105,22 @@ def check_inputs(
         raise DataError(
             f"tag ids have shape {tags.shape}, expected ({embeddings.shape[0]}, {len(tag_classes)})"
         )
-    if config.model.mode != "hidvae":
-        return
-    if config.model.levels > len(tag_classes):
-        raise ConfigError(
-            f"model.levels = {config.model.levels} but the data has {len(tag_classes)} tag levels "
-            "(tags.json); hidvae supervises each code level with a tag level: lower model.levels"
-        )
-    for level in range(config.model.levels):
-        known = np.unique(tags[:, level][tags[:, level] > 0])
-        if known.size < 2:
-            raise DataError(
-                f"tag level {level} (tags.json) has {known.size} known class(es); supervising a code level "
-                "needs at least 2: lower model.levels or re-prepare with a smaller min tag count"
-            )
+    if len(tag_classes) == 0 or tags.shape[1] == 0:
+        raise DataError("tags.json has no tag level; prepare always writes at least one (re-run prepare)")
+
+
+def supervised_levels(tags: np.ndarray) -> int:
+    """Leading tag levels (columns of ``tags`` (N, n_tag_levels)) with at least two known classes.
+
+    Only these get tag heads: a level where every item is ``<unknown>``, or all known items share one
+    class (``<other>`` included), has nothing to teach. The code levels below them train without tags.
+    """
+    count = 0
+    for level in range(tags.shape[1]):
+        if np.unique(tags[:, level][tags[:, level] > 0]).size < 2:
+            break
+        count += 1
+    return count
 
 
 def _catalogue_codes(model: HiDVAE, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +130,22 @@ def _catalogue_codes(model: HiDVAE, x: torch.Tensor) -> tuple[np.ndarray, np.nda
         quantized = model.quantizer.codewords_from_indices(codes).sum(dim=1)  # (N, D)
     distances = (latents - quantized).norm(dim=-1)
     return codes.numpy(), distances.numpy()
+
+
+def _nearest_last_codes(model: HiDVAE, x: torch.Tensor) -> Callable[[np.ndarray], np.ndarray]:
+    """For ``assign_unique_ids``: items -> their last-level codes, nearest codeword to the residual
+    the earlier levels leave first, (len(items), K)."""
+
+    def order(items: np.ndarray) -> np.ndarray:
+        index = torch.from_numpy(items)
+        latents, codes = model.latents_and_codes(x[index])
+        with torch.no_grad():
+            earlier = model.quantizer.codewords_from_indices(codes[:, :-1]).sum(dim=1)  # (n, D)
+            residual = latents - earlier if codes.shape[1] > 1 else latents
+            distances = torch.cdist(residual, model.quantizer.codebooks[-1].detach())  # (n, K)
+        return torch.argsort(distances, dim=1, stable=True).numpy()
+
+    return order
 
 
 def _collision_partners(codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -159,7 +178,9 @@ def evaluate(model: HiDVAE, x: torch.Tensor, tags: np.ndarray, valid: np.ndarray
         logits = model.tag_logits_from_codes(torch.from_numpy(codes))
         reconstruction = model.decode_codes(torch.from_numpy(codes))  # (N, input_dim)
     model.train(was_training)
-    predicted = np.stack([lg.argmax(-1).numpy() for lg in logits], axis=1)  # (N, n_heads)
+    predicted = np.zeros((len(codes), len(logits)), dtype=np.int64)  # (N, n_heads)
+    for level, level_logits in enumerate(logits):
+        predicted[:, level] = level_logits.argmax(-1).numpy()
     n_heads = predicted.shape[1]
     mse = ((reconstruction - x) ** 2).mean(dim=-1).numpy()
     return {
@@ -214,8 +235,12 @@ def train(
     train_tags = torch.from_numpy(np.where(valid[:, None], 0, tags)).long()  # (N, n_tag_levels)
     x = torch.from_numpy(embeddings).float()  # (N, E)
 
+    heads = min(config.model.levels, supervised_levels(tags))  # code levels with a tag head
     model = HiDVAE(
-        config.model, input_dim=x.shape[1], tag_classes=tag_classes, tag_text_dim=tag_text[0].shape[1]
+        config.model,
+        input_dim=x.shape[1],
+        tag_classes=tag_classes[:heads],
+        tag_text_dim=tag_text[0].shape[1],
     )
     model.set_tag_text([torch.from_numpy(t) for t in tag_text])
     with torch.no_grad():
@@ -259,11 +284,13 @@ def train(
     model.load_state_dict(best[2])
     model.eval()
     codes, distances = _catalogue_codes(model, x)
-    sids = assign_unique_ids(codes, distances, config.model.codebook_size)
+    sids = assign_unique_ids(codes, distances, config.model.codebook_size, _nearest_last_codes(model, x))
     metrics = evaluate(model, x, tags, valid)
     metrics.update(
         {
             "unique_ids_after_resolution": len(np.unique(sids, axis=0)),
+            "items_moved_by_disambiguation": int((sids[:, :-1] != codes).any(axis=1).sum()),
+            "supervised_levels": len(model.tag_heads),
             "n_items": n,
             "n_valid_items": int(valid.sum()),
             "selected_step": best[1],

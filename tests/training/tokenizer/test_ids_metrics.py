@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.errors import DataError
+from training.errors import ConfigError, DataError
 from training.tokenizer.ids import assign_unique_ids
 from training.tokenizer.metrics import (
     codebook_stats,
@@ -38,9 +38,32 @@ def test_ids_are_unique_deterministic_and_keep_the_codes(n: int, levels: int, se
     assert np.array_equal(sids, assign_unique_ids(codes.copy(), distances.copy(), codebook_size=64))
 
 
-def test_too_many_items_on_one_tuple_is_a_clear_error() -> None:
-    with pytest.raises(DataError, match=r"3 items share the code tuple \[1, 2\]"):
-        assign_unique_ids(CODES, np.zeros(5), codebook_size=2)
+def test_a_tuple_shared_by_more_items_than_codes_moves_the_farthest_to_free_tuples() -> None:
+    codes = np.array([[1, 1]] * 5 + [[1, 0]])
+    sids = assign_unique_ids(codes, np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.0]), codebook_size=2)
+    # the two nearest keep [1, 1]; the third fills [1, 0] (same prefix), the rest go to the next free tuple
+    assert sids.tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 1], [0, 0, 0], [0, 0, 1], [1, 0, 0]]
+    preferred = assign_unique_ids(
+        codes, np.arange(6.0), codebook_size=2, spill_order=lambda items: np.tile([0, 1], (len(items), 1))
+    )
+    assert len(np.unique(preferred, axis=0)) == 6
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 3), st.integers(2, 4), st.integers(0, 10_000), st.data())
+def test_disambiguation_never_fails_below_the_id_capacity(levels: int, k: int, seed: int, data) -> None:
+    n = data.draw(st.integers(1, min(k ** (levels + 1), 80)))
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 2, (n, levels))  # crowded on purpose
+    distances = rng.random(n).round(1)
+    sids = assign_unique_ids(codes, distances, codebook_size=k)
+    assert len(np.unique(sids, axis=0)) == n and sids.min() >= 0 and sids.max() < k
+    assert np.array_equal(sids, assign_unique_ids(codes.copy(), distances.copy(), codebook_size=k))
+
+
+def test_more_items_than_ids_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match=r"9 items need more IDs than 2 codes \+ 1 disambiguation code"):
+        assign_unique_ids(np.zeros((9, 2), dtype=np.int64), np.zeros(9), codebook_size=2)
 
 
 def test_empty_catalogue_is_a_clear_error() -> None:

@@ -106,9 +106,14 @@ def test_tag_logits_for_any_prefix_never_predict_unknown() -> None:
     assert len(model.tag_logits_from_codes(torch.zeros(5, 4).long())) == 3  # disambiguation level ignored
 
 
-def test_hidvae_needs_a_tag_level_per_code_level() -> None:
-    with pytest.raises(ValueError, match="tag level per code level"):
-        HiDVAE(HiDVAEConfig(levels=4), input_dim=8, tag_classes=[3, 3, 3], tag_text_dim=4)
+def test_code_levels_past_the_tag_levels_train_without_heads() -> None:
+    model = HiDVAE(HiDVAEConfig(levels=4, codebook_size=8), input_dim=8, tag_classes=[3], tag_text_dim=4)
+    assert len(model.tag_heads) == 1
+    output = model(torch.randn(6, 8), torch.ones(6, 1).long())
+    assert set(output.terms) == {"reconstruction", "quantizer", "tag_0", "align_0"}
+    assert output.indices is not None and output.indices.shape == (6, 4)
+    bare = HiDVAE(HiDVAEConfig(levels=2, codebook_size=8), input_dim=8, tag_classes=[], tag_text_dim=4)
+    assert bare.tag_logits_from_codes(torch.zeros(3, 3).long()) == []
 
 
 def test_focal_loss_ignores_unknown_and_rewards_the_right_class() -> None:

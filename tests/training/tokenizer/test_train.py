@@ -15,10 +15,10 @@ from training.data import Dataset
 from training.data.raw import BuildOptions
 from training.data.synthetic import SyntheticConfig, generate
 from training.data.text import embed_texts
-from training.errors import ConfigError, DataError
+from training.errors import DataError
 from training.tokenizer import TokenizerConfig, load_tokenizer
 from training.tokenizer.ids import assign_unique_ids
-from training.tokenizer.train import check_inputs
+from training.tokenizer.train import check_inputs, supervised_levels, train
 
 REPO = Path(__file__).resolve().parents[3]
 TEST_CONFIG = REPO / "configs" / "tokenizer" / "test.toml"
@@ -96,8 +96,8 @@ def test_cli_reports_a_bad_config_in_one_line(
 ) -> None:
     data, out = run
     args = ["tokenizer", "--data", str(data), "--out", str(out.parent / "bad"), "--config", str(TEST_CONFIG)]
-    assert main([*args, "--set", "model.levels=4"]) == 2
-    assert "model.levels = 4 but the data has 3 tag levels" in capsys.readouterr().err
+    assert main([*args, "--set", "model.codebook_size=1"]) == 2
+    assert "codebook_size >= 2" in capsys.readouterr().err
 
 
 def _inputs(n: int = 20) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -117,21 +117,24 @@ def test_nan_embeddings_are_refused() -> None:
         check_inputs(x, tags, classes, TokenizerConfig())
 
 
-def test_a_level_with_a_single_class_is_refused() -> None:
-    x, tags, classes = _inputs()
-    tags[:, 2] = np.where(np.arange(20) % 2, 1, 0)  # only "<other>" and unknown
-    with pytest.raises(DataError, match=r"tag level 2 .* has 1 known class"):
-        check_inputs(x, tags, classes, TokenizerConfig())
+def test_only_leading_tag_levels_with_two_known_classes_are_supervised() -> None:
+    _, tags, _ = _inputs()
+    assert supervised_levels(tags) == 3
+    tags[:, 1] = np.where(np.arange(20) % 2, 1, 0)  # only "<other>" and unknown
+    assert supervised_levels(tags) == 1
+    tags[:, 0] = 0
+    assert supervised_levels(tags) == 0
 
 
-def test_more_code_levels_than_tag_levels_is_refused_in_hidvae_only() -> None:
-    x, tags, classes = _inputs()
-    config = TokenizerConfig()
-    config.model.levels = 4
-    with pytest.raises(ConfigError, match=r"model\.levels = 4 but the data has 3 tag levels"):
-        check_inputs(x, tags, classes, config)
-    config.model.mode = "rqvae"
-    check_inputs(x, tags, classes, config)
+def test_a_tokenizer_trains_more_code_levels_than_the_data_has_tag_levels() -> None:
+    x, tags, classes = _inputs(64)
+    tags[:, 1:] = 0  # a flat hierarchy
+    config = load_config(
+        TokenizerConfig, TEST_CONFIG, ["model.levels=3", "train.steps=4", "train.eval_every=2"]
+    )
+    trained = train(x, tags, classes, [np.eye(4, dtype=np.float32)] * 3, config)
+    assert len(trained.model.tag_heads) == 1 and trained.metrics["supervised_levels"] == 1
+    assert trained.sids.shape == (64, 4) and len(np.unique(trained.sids, axis=0)) == 64
 
 
 def test_committed_default_config_is_the_dataclass_default() -> None:
