@@ -4,10 +4,22 @@ Sources (``--source``):
   sidrec:DIR       items.jsonl + interactions.tsv (the format of ../shared/data, see its README)
   amazon2014:PATH  reviews_<Cat>_5.json.gz + meta_<Cat>.json.gz: their folder, or the reviews file
   p5:DIR           sequential_data.txt (+ datamaps.json) of P5 / S3-Rec
-  movielens:DIR    u.data + u.item (100k) or ratings.dat + movies.dat (1M); genre = one tag level
-  yelp:DIR         yelp_academic_dataset_{business,review}.json; first category = one tag level
+  movielens:DIR    u.data + u.item (100k) or ratings.dat + movies.dat (1M); a film's genres, most
+                   common first, are its tag path
+  yelp:DIR         yelp_academic_dataset_{business,review}.json; categories as for MovieLens
   synthetic[:k=v,...]  the demo shop; keys are SyntheticConfig fields (training/data/synthetic.py),
                        e.g. synthetic:n_items=500,n_users=800,seed=1
+
+What prepare does with data as found in the wild (every count is in stats.json "dropped" and printed):
+  no timestamps       sidrec's interactions.tsv may have the header user_id<TAB>item_id alone, and p5
+                      has none: file order is the order
+  repeats             an interaction with the user's previous item is dropped (--keep-repeats keeps it)
+  short users         fewer than --min-user-items (3) interactions: dropped; --kcore K also drops
+                      users and items under K (off by default: a rare item still gets an ID from its text)
+  long histories      kept whole; the generator reads each user's most recent model.max_len items, and
+                      evaluation scores the true next item with every earlier item excluded
+  items without text  the encoder reads "item <id>" (Item.text); no category path = no tag
+  malformed lines     an error naming the file and the line
 
 Examples:
   python -m training prepare --source sidrec:../shared/data/amazon-beauty --out runs/beauty/data
@@ -19,7 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-tag-count",
         type=int,
-        default=30,
-        help="classes with fewer items merge into <other> (default: 30)",
+        default=None,
+        help="classes with fewer items merge into <other> (default: 30, or one item in 80 of a smaller "
+        "catalogue, at least 2)",
     )
     parser.add_argument(
         "--kcore",
@@ -65,6 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=3,
         help="drop users with fewer interactions; leave-one-out needs 3 (default: 3)",
+    )
+    parser.add_argument(
+        "--keep-repeats",
+        action="store_true",
+        help="keep an interaction that repeats the user's previous item (default: drop it)",
     )
 
 
@@ -93,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             min_tag_count=args.min_tag_count,
             kcore=args.kcore,
             min_user_items=args.min_user_items,
+            drop_repeats=not args.keep_repeats,
         ),
     )
     started = time.perf_counter()
@@ -110,7 +129,14 @@ def run(args: argparse.Namespace) -> int:
     dataset.save(out, extra_stats=extra)
     stats = json.loads((out / "stats.json").read_text())
     (out / "metrics.json").write_text(json.dumps(stats, indent=2) + "\n")
-    (out / "config.toml").write_text(dump_toml(config_to_dict(config)))
+    chosen = ""
+    if config.build.min_tag_count is None:  # write what the data chose, and why
+        config = replace(config, build=replace(config.build, min_tag_count=dataset.tags.min_count))
+        chosen = (
+            f"# build.min_tag_count = {dataset.tags.min_count}: chosen from the data "
+            f"(min(30, max(2, {dataset.n_items:,} items // 80)))\n"
+        )
+    (out / "config.toml").write_text(chosen + dump_toml(config_to_dict(config)))
 
     rows: list[tuple[str, Any]] = [
         ("source", config.source),
@@ -119,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         ("interactions", stats["interactions"]),
         ("avg / min / max seq len", [stats["avg_seq_len"], stats["min_seq_len"], stats["max_seq_len"]]),
         ("tag classes per level", stats["tag_classes_per_level"]),
+        ("  min items per class", stats["tag_min_count"]),
         ("  <unknown> share", stats["tag_unknown_fraction_per_level"]),
         ("  <other> share", stats["tag_other_fraction_per_level"]),
         ("tail items (80 % least popular)", stats["tail_fraction"]),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from training.data.dataset import Dataset, Item
-from training.data.tags import TagVocabulary
+from training.data.tags import TagVocabulary, auto_min_count
 from training.errors import ConfigError, DataError
 
 __all__ = ["BuildOptions", "RawData", "build_dataset", "kcore_filter"]
@@ -39,9 +39,13 @@ class BuildOptions:
     """How raw interactions become the canonical dataset."""
 
     tag_levels: int = 3
-    min_tag_count: int = 30
+    #: classes with fewer items merge into ``<other>``; None: ``tags.auto_min_count`` of the catalogue
+    min_tag_count: int | None = 30
     kcore: int = 0
     min_user_items: int = 3
+    #: drop an interaction that repeats the user's previous item (see ``build_dataset``); ``prepare``
+    #: does unless ``--keep-repeats``, code that builds a dataset directly keeps them unless it asks
+    drop_repeats: bool = False
 
     def __post_init__(self) -> None:
         if self.kcore < 0:
@@ -78,7 +82,13 @@ def build_dataset(raw: RawData, options: BuildOptions) -> tuple[Dataset, dict[st
     """Filter, order and tag ``raw``; returns the dataset and what was dropped, by reason.
 
     Users keep the order of their first interaction in the file; each sequence is sorted by timestamp
-    with ties in file order. Items keep catalogue order, minus those left without interactions.
+    with ties in file order (a format without timestamps gives file order). With ``drop_repeats``, an
+    interaction with the same item as the user's previous one is dropped first
+    (``interactions_repeated``): a served recommendation leaves out the items already seen, so a
+    repeat could never be hit, and it would only teach the model to echo the last item. Then the
+    k-core (``interactions_kcore``; off by default) and users with fewer than ``min_user_items``
+    interactions (``users_short``). Items keep catalogue order, minus those left without interactions;
+    rare items are kept (their IDs come from their text).
     """
     if not raw.users:
         raise DataError("the source has no interactions")
@@ -91,8 +101,16 @@ def build_dataset(raw: RawData, options: BuildOptions) -> tuple[Dataset, dict[st
     times = np.asarray(raw.timestamps, dtype=np.int64)
 
     dropped: dict[str, int] = {}
-    keep = kcore_filter(user_codes, item_rows, options.kcore)
-    dropped["interactions_kcore"] = int((~keep).sum())
+    keep = np.ones(len(times), dtype=bool)
+    if options.drop_repeats:
+        timeline = np.lexsort((times, user_codes))  # per user, by time, ties in file order
+        same = (np.diff(user_codes[timeline]) == 0) & (np.diff(item_rows[timeline]) == 0)
+        keep[timeline[1:][same]] = False
+    dropped["interactions_repeated"] = int((~keep).sum())
+    remaining = np.flatnonzero(keep)
+    core = kcore_filter(user_codes[remaining], item_rows[remaining], options.kcore)
+    keep[remaining[~core]] = False
+    dropped["interactions_kcore"] = int((~core).sum())
     user_counts = np.bincount(user_codes[keep], minlength=len(user_names))
     short_users = (user_counts > 0) & (user_counts < options.min_user_items)
     dropped["users_short"] = int(short_users.sum())
@@ -115,8 +133,7 @@ def build_dataset(raw: RawData, options: BuildOptions) -> tuple[Dataset, dict[st
     sequences = [dense[item_rows[group]] for group in groups]
     timestamps = [times[group] for group in groups]
 
-    tags = TagVocabulary.build(
-        [item.category_path for item in items], options.tag_levels, options.min_tag_count
-    )
+    min_count = options.min_tag_count if options.min_tag_count is not None else auto_min_count(len(items))
+    tags = TagVocabulary.build([item.category_path for item in items], options.tag_levels, min_count)
     dataset = Dataset(items=items, user_ids=user_ids, sequences=sequences, timestamps=timestamps, tags=tags)
     return dataset, dropped

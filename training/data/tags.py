@@ -19,7 +19,17 @@ import numpy as np
 
 from training.errors import ConfigError, DataError
 
-__all__ = ["OTHER", "OTHER_ID", "SEPARATOR", "UNKNOWN", "UNKNOWN_ID", "TagVocabulary", "level_keys"]
+__all__ = [
+    "OTHER",
+    "OTHER_ID",
+    "SEPARATOR",
+    "UNKNOWN",
+    "UNKNOWN_ID",
+    "TagVocabulary",
+    "auto_min_count",
+    "label_paths",
+    "level_keys",
+]
 
 UNKNOWN = "<unknown>"
 OTHER = "<other>"
@@ -35,6 +45,25 @@ def level_keys(category_path: Sequence[str], n_levels: int) -> list[str | None]:
         SEPARATOR.join(below_root[: level + 1]) if level < len(below_root) else None
         for level in range(n_levels)
     ]
+
+
+def label_paths(root: str, labels: Sequence[Sequence[str]]) -> list[tuple[str, ...]]:
+    """Category paths for a multi-label catalogue (MovieLens genres, Yelp categories).
+
+    Each item's labels, most common in the catalogue first (ties by name), follow ``root``: level 1 is
+    the item's broadest label, level 2 its next one, so "Drama > Romance" and "Comedy > Romance" are
+    different classes of the second level. An item without labels keeps the bare root (no tag).
+    """
+    counts = Counter(label for item_labels in labels for label in set(item_labels))
+    return [
+        (root, *sorted(set(item_labels), key=lambda label: (-counts[label], label))) for item_labels in labels
+    ]
+
+
+def auto_min_count(n_items: int) -> int:
+    """Items a class needs when the config leaves ``min_tag_count`` open: 30, less in small catalogues
+    (one item in 80, at least 2), so that a few hundred items still get classes to learn."""
+    return min(30, max(2, n_items // 80))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 from training.__main__ import main
 from training.data.dataset import Dataset
 
@@ -25,12 +27,17 @@ def test_prepare_synthetic_writes_the_canonical_dataset(tmp_path, capsys):
     stats = json.loads((out / "stats.json").read_text())
     for key in ("users", "items", "interactions", "avg_seq_len", "tag_classes_per_level", "tail_fraction"):
         assert key in stats
-    assert stats["users"] == 200 and len(stats["tag_classes_per_level"]) == 2
+    assert (
+        stats["users"] + stats["dropped"]["users_short"] == 200 and len(stats["tag_classes_per_level"]) == 2
+    )
+    assert stats["dropped"]["interactions_repeated"] > 0  # the synthetic shop repeats some items
     assert stats["command"].startswith("python -m training")
     assert 'source = "synthetic:n_items=300,n_users=200,seed=3"' in (out / "config.toml").read_text()
     dataset = Dataset.load(out)
-    assert dataset.n_users == 200 and dataset.n_interactions == stats["interactions"]
+    assert dataset.n_users == stats["users"] and dataset.n_interactions == stats["interactions"]
+    assert not any((np.diff(s) == 0).any() for s in dataset.sequences)
     printed = capsys.readouterr().out
+    assert "dropped: interactions_repeated" in printed
     assert "interactions" in printed and f"{stats['interactions']:,}" in printed
 
 
@@ -80,5 +87,10 @@ def test_prepare_kcore_and_short_users_are_reported(tmp_path, sidrec_folder, cap
     )
     stats = json.loads((out / "stats.json").read_text())
     assert (stats["users"], stats["items"], stats["interactions"]) == (2, 3, 6)
-    assert stats["dropped"] == {"interactions_kcore": 1, "users_short": 1, "items_without_interactions": 1}
+    assert stats["dropped"] == {
+        "interactions_repeated": 0,
+        "interactions_kcore": 1,
+        "users_short": 1,
+        "items_without_interactions": 1,
+    }
     assert "dropped: users_short" in capsys.readouterr().out

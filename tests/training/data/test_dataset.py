@@ -71,6 +71,25 @@ def test_short_users_are_dropped_and_counted():
     assert dropped["users_short"] == 1
 
 
+def test_a_repeat_of_the_previous_item_is_dropped_unless_asked_to_keep_it():
+    rows = [("u", "i0", 1), ("u", "i1", 2), ("u", "i1", 3), ("u", "i0", 4), ("u", "i2", 2), ("u", "i2", 5)]
+    dataset, dropped = build_dataset(_raw(rows), BuildOptions(min_tag_count=1, drop_repeats=True))
+    # by time (i1 and i2 tie at t=2: file order) i0 i1 i2 i1 i0 i2: a repeat is only a consecutive one
+    assert dropped["interactions_repeated"] == 0
+    rows = [("u", "i0", 1), ("u", "i1", 2), ("u", "i1", 3), ("u", "i1", 3), ("u", "i0", 4), ("u", "i1", 5)]
+    dataset, dropped = build_dataset(_raw(rows), BuildOptions(min_tag_count=1, drop_repeats=True))
+    assert [s.tolist() for s in dataset.sequences] == [[0, 1, 0, 1]]
+    assert dropped["interactions_repeated"] == 2
+    kept, dropped = build_dataset(_raw(rows), BuildOptions(min_tag_count=1))
+    assert kept.n_interactions == 6 and dropped["interactions_repeated"] == 0
+
+
+def test_min_tag_count_can_follow_the_catalogue():
+    dataset, _ = build_dataset(_raw(INTERACTIONS), BuildOptions(min_tag_count=None))
+    assert dataset.tags.min_count == 2  # 4 items: the floor
+    assert dataset.tags.levels[0] == ["<unknown>", "<other>", "A"]  # A has 3 items, B one
+
+
 def test_unknown_item_in_interactions_is_a_data_error():
     with pytest.raises(DataError, match="'nope'"):
         build_dataset(_raw([("u", "nope", 1)]), BuildOptions())

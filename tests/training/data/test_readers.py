@@ -10,6 +10,7 @@ from tests.training.data.conftest import shared_dataset
 from training.data.raw import BuildOptions, build_dataset
 from training.data.readers import read_source
 from training.data.readers.sidrec import read_sidrec
+from training.data.tags import label_paths
 from training.errors import DataError
 
 
@@ -127,12 +128,28 @@ def test_movielens_100k(tmp_path):
     )
     (tmp_path / "u.data").write_text("5\t1\t4\t100\n5\t2\t3\t90\n6\t2\t5\t10\n")
     raw = read_source(f"movielens:{tmp_path}")
-    assert raw.items[0].category_path == ("Movies", "Comedy") and raw.items[1].title == "Café (1996)"
+    assert raw.items[0].category_path == ("Movies", "Comedy", "Drama") and raw.items[1].title == "Café (1996)"
     assert raw.items[1].category_path == ("Movies",)
     assert raw.users == ["5", "5", "6"] and raw.timestamps == [100, 90, 10]
     (tmp_path / "u.data").write_text("5\t1\t4\n")
     with pytest.raises(DataError, match=r"u.data:1: expected user"):
         read_source(f"movielens:{tmp_path}")
+    (tmp_path / "u.data").write_text("5\t1\t4\t100\n5\t7\t4\t100\n")
+    with pytest.raises(DataError, match=r"u.data:2: movie '7' is not in the movie file"):
+        read_source(f"movielens:{tmp_path}")
+
+
+def test_several_labels_become_a_path_most_common_first():
+    paths = label_paths(
+        "Movies", [["Drama", "Romance"], ["Romance", "Comedy"], ["Drama"], [], ["War", "Drama"]]
+    )
+    assert paths == [
+        ("Movies", "Drama", "Romance"),  # Drama: 3 films, Romance: 2
+        ("Movies", "Romance", "Comedy"),
+        ("Movies", "Drama"),
+        ("Movies",),
+        ("Movies", "Drama", "War"),
+    ]
 
 
 def test_movielens_1m(tmp_path):
@@ -141,7 +158,8 @@ def test_movielens_1m(tmp_path):
     )
     (tmp_path / "ratings.dat").write_text("1::1::5::978300760\n")
     raw = read_source(f"movielens:{tmp_path}")
-    assert raw.items[0].category_path == ("Movies", "Animation") and raw.timestamps == [978300760]
+    assert raw.items[0].category_path == ("Movies", "Animation", "Children's", "Comedy")
+    assert raw.timestamps == [978300760]
     (tmp_path / "movies.dat").write_text("1::Toy Story (1995)\n")
     with pytest.raises(DataError, match=r"movies.dat:1: expected MovieID::Title::Genres"):
         read_source(f"movielens:{tmp_path}")
@@ -163,7 +181,7 @@ def test_yelp(tmp_path):
     (tmp_path / "yelp_academic_dataset_business.json").write_text("\n".join(map(json.dumps, businesses)))
     (tmp_path / "yelp_academic_dataset_review.json").write_text("\n".join(map(json.dumps, reviews)))
     raw = read_source(f"yelp:{tmp_path}")
-    assert [i.category_path for i in raw.items] == [("Businesses", "Pizza"), ("Businesses",)]
+    assert [i.category_path for i in raw.items] == [("Businesses", "Pizza", "Restaurants"), ("Businesses",)]
     assert raw.item_ids == ["b2", "b1"] and raw.timestamps == [1531001351, 1483228800]
     bad = {**reviews[0], "business_id": "b9"}
     (tmp_path / "yelp_academic_dataset_review.json").write_text(

@@ -24,6 +24,15 @@ def test_reads_items_and_interactions(sidrec_folder):
     assert raw.users == ["u1"] * 3 and raw.item_ids == ["a", "b", "c"] and raw.timestamps == [3, 4, 5]
 
 
+def test_interactions_without_timestamps_keep_file_order(sidrec_folder):
+    folder = sidrec_folder(ITEMS, ROWS)
+    (folder / "interactions.tsv").write_text("user_id\titem_id\nu1\tc\nu2\ta\n\nu1\ta\nu1\tb\n")
+    raw = read_sidrec(folder)
+    assert raw.item_ids == ["c", "a", "a", "b"] and raw.timestamps == [2, 3, 5, 6]  # line numbers
+    dataset, _ = build_dataset(raw, BuildOptions(min_user_items=1, min_tag_count=1))
+    assert [dataset.items[i].item_id for i in dataset.sequences[0]] == ["c", "a", "b"]
+
+
 @pytest.mark.parametrize(
     ("items_text", "interactions_text", "message"),
     [
@@ -36,6 +45,7 @@ def test_reads_items_and_interactions(sidrec_folder):
         (None, "user_id\titem_id\ttimestamp\nu\ta\n", r"interactions.tsv:2: expected 3 tab-separated"),
         (None, "user_id\titem_id\ttimestamp\nu\ta\t1\nu\tzz\t2\n", r"interactions.tsv:3: item_id 'zz'"),
         (None, "user_id\titem_id\ttimestamp\nu\ta\tyesterday\n", r"tsv:2: timestamp 'yesterday'"),
+        (None, "user_id\titem_id\nu\ta\t1\n", r"interactions.tsv:2: expected 2 tab-separated"),
     ],
 )
 def test_malformed_input_names_file_and_line(sidrec_folder, items_text, interactions_text, message):

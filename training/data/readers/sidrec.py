@@ -2,8 +2,10 @@
 
 ``items.jsonl``: one object per item with ``item_id`` (required), ``title``, ``brand`` (or null),
 ``description`` (optional) and ``category_path`` (list, root first; optional). ``interactions.tsv``: a
-header ``user_id<TAB>item_id<TAB>timestamp`` and one row per interaction (unix seconds). Nothing is skipped:
-any malformed line, duplicate item or unknown item id is an error naming the line.
+header ``user_id<TAB>item_id<TAB>timestamp`` and one row per interaction (unix seconds), or a header
+``user_id<TAB>item_id`` and rows without timestamps, in the order they happened (the line number is
+then the timestamp). Nothing is skipped: any malformed line, duplicate item or unknown item id is an
+error naming the line.
 """
 
 from __future__ import annotations
@@ -66,13 +68,18 @@ def read_sidrec(folder: Path) -> RawData:
     timestamps: list[int] = []
     lines = read_lines(path)
     first = next(lines, None)
-    if first is None or first[1].split("\t") != HEADER:
-        raise DataError(f"{path}:1: expected the header {'<TAB>'.join(HEADER)!r}")
+    header = first[1].split("\t") if first is not None else []
+    if header not in (HEADER, HEADER[:2]):
+        raise DataError(
+            f"{path}:1: expected the header {'<TAB>'.join(HEADER)!r} (or without '<TAB>timestamp')"
+        )
     for line_no, line in lines:
         fields = line.split("\t")
-        if len(fields) != 3:
-            raise DataError(f"{path}:{line_no}: expected 3 tab-separated fields, got {len(fields)}")
-        user, item, stamp = fields
+        if len(fields) != len(header):
+            raise DataError(
+                f"{path}:{line_no}: expected {len(header)} tab-separated fields, got {len(fields)}"
+            )
+        user, item, stamp = fields if len(fields) == 3 else (*fields, str(line_no))
         if item not in known:
             raise DataError(f"{path}:{line_no}: item_id {item!r} is not in items.jsonl")
         try:

@@ -1,8 +1,9 @@
 """Yelp open dataset: ``yelp_academic_dataset_business.json`` + ``..._review.json`` (JSON lines).
 
 Businesses are the items (title = name); every review is an interaction, timed by its ``date``. Yelp
-categories are a flat, unordered list, so only the first one becomes a one-level tag path
-``("Businesses", category)``. A review of a business missing from the business file is an error.
+categories are a flat, unordered list; a business's tag path is ``("Businesses", *categories)`` with
+its categories most common in the catalogue first (``tags.label_paths``): "Restaurants > Pizza". A
+review of a business missing from the business file is an error.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from training.data.dataset import Item
 from training.data.files import field, find_one, parse_json_line, read_lines, require_dir
 from training.data.raw import RawData
+from training.data.tags import label_paths
 from training.errors import DataError
 
 __all__ = ["read_yelp"]
@@ -21,15 +23,14 @@ __all__ = ["read_yelp"]
 ROOT = "Businesses"
 
 
-def _first_category(value: Any, where: str) -> str | None:
+def _categories(value: Any, where: str) -> list[str]:
     if value is None:
-        return None
+        return []
     if isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, list):
         raise DataError(f"{where}: 'categories' must be a comma-separated string or a list")
-    names = [str(name).strip() for name in value if str(name).strip()]
-    return names[0] if names else None
+    return [str(name).strip() for name in value if str(name).strip()]
 
 
 def _timestamp(text: str, where: str) -> int:
@@ -45,22 +46,25 @@ def read_yelp(folder: Path) -> RawData:
     require_dir(folder)
     business_path = find_one(folder, ["yelp_academic_dataset_business.json", "business.json"], "business")
     review_path = find_one(folder, ["yelp_academic_dataset_review.json", "review.json"], "review")
-    items: list[Item] = []
-    known: set[str] = set()
+    ids: list[str] = []
+    names: list[str] = []
+    categories: list[list[str]] = []
+    known: dict[str, int] = {}
     for line_no, line in read_lines(business_path):
         where = f"{business_path}:{line_no}"
         row = parse_json_line(business_path, line_no, line)
         business = field(row, "business_id", str, where)
-        category = _first_category(row.get("categories"), where)
+        if business in known:
+            raise DataError(f"{where}: duplicate business_id {business!r} (first on line {known[business]})")
+        known[business] = line_no
         name = row.get("name")
-        items.append(
-            Item(
-                item_id=business,
-                title=name if isinstance(name, str) else "",
-                category_path=(ROOT, category) if category else (ROOT,),
-            )
-        )
-        known.add(business)
+        ids.append(business)
+        names.append(name if isinstance(name, str) else "")
+        categories.append(_categories(row.get("categories"), where))
+    items = [
+        Item(item_id=business, title=name, category_path=path)
+        for business, name, path in zip(ids, names, label_paths(ROOT, categories), strict=True)
+    ]
     users: list[str] = []
     item_ids: list[str] = []
     timestamps: list[int] = []
