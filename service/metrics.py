@@ -64,6 +64,13 @@ class ServiceMetrics:
             "requests dropped before the model because their deadline passed",
             registry=r,
         )
+        self.bundle_in_sync = Gauge(
+            "sidrec_bundle_in_sync",
+            "1 while this replica serves the bundle the fleet's last reload named (or none was named), "
+            "0 while it could not load it and serves an older one",
+            registry=r,
+        )
+        self.bundle_in_sync.set(1)
         self.cache_hits = Counter(
             "sidrec_cache_hits_total", "recommendations answered from the cache", registry=r
         )

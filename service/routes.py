@@ -103,17 +103,21 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["ops"])
 async def readyz(state: State, request: Request) -> JSONResponse:
-    """Readiness: a verified bundle is loaded; ``degraded`` while Redis is unreachable (still serving);
-    503 ``shutting down`` from the moment the process is told to stop (``service.server``)."""
+    """Readiness: a verified bundle is loaded; ``degraded`` while Redis is unreachable or while this
+    replica could not load the bundle the fleet was told to serve (still serving; ``fleet`` says
+    why); 503 ``shutting down`` from the moment the process is told to stop (``service.server``)."""
     store = state.store.state
     stopping = getattr(request.app.state, "shutting_down", False)
-    status = "shutting down" if stopping else "degraded" if store == "degraded" else "ready"
-    body = {
+    lagging = state.fleet is not None and not state.fleet.in_sync
+    status = "shutting down" if stopping else "degraded" if store == "degraded" or lagging else "ready"
+    body: dict[str, Any] = {
         "status": status,
         "store": store,
         "bundle_id": state.bundle.bundle_id,
         "queue": state.batcher.depth,
     }
+    if state.fleet is not None:
+        body["fleet"] = state.fleet.status()
     return JSONResponse(body, status_code=503 if stopping else 200)
 
 

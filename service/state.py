@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from service.batcher import MicroBatcher
 from service.bundle import LoadedBundle, load_bundle
 from service.errors import BundleError, InvalidRequest, UnknownItem
 from service.explanations import TagScore, ground
+from service.fleet import FleetFollower
 from service.layout import DecodingLayout, cpu_limit
 from service.memory import freeze_heap, tune_allocator
 from service.metrics import ServiceMetrics
@@ -55,6 +57,9 @@ class ServiceState:
     batcher: MicroBatcher
     metrics: ServiceMetrics
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    fleet: FleetFollower | None = None  # with a shared store: follows the other replicas
+    # per loaded bundle, how much of the store's cold-start log it holds
+    cold_seen: weakref.WeakKeyDictionary[Recommender, int] = field(default_factory=weakref.WeakKeyDictionary)
 
     # ------------------------------------------------------------------------------ lifecycle
     @classmethod
@@ -85,9 +90,14 @@ class ServiceState:
         )
         state = cls(settings, recommender, store, batcher, metrics)
         await state._attach(recommender)
+        if isinstance(store, RedisStore):
+            state.fleet = FleetFollower(state)
+            await state.fleet.sync()  # serve the fleet's bundle from the start if a reload named one
         tune_allocator()
         freeze_heap()
         state.batcher.start()
+        if state.fleet is not None:
+            state.fleet.start()
         log.info(
             "serving bundle %s on %s, store %s",
             recommender.bundle.bundle_id,
@@ -97,6 +107,8 @@ class ServiceState:
         return state
 
     async def close(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.stop()
         await self.batcher.stop()
         await self.store.close()
         gc.unfreeze()  # the bundle is no longer needed: let the collector have it
@@ -122,11 +134,22 @@ class ServiceState:
         for name, spec in bundle.manifest.tables.items():
             tables[name] = (bundle.path / spec.file).read_bytes()
         await self.store.start(bundle.bundle_id, tables)
-        for row in await self.store.cold_items(bundle.bundle_id):
-            if row["item_id"] not in bundle.catalogue.position:
+        await self.catch_up(recommender)
+
+    async def catch_up(self, recommender: Recommender) -> None:
+        """Insert the cold-start items registered (on any replica) since ``recommender`` last looked."""
+        seen = self.cold_seen.get(recommender, 0)
+        rows = await self.store.cold_items(recommender.bundle.bundle_id, seen)
+        for row in rows:
+            if row["item_id"] not in recommender.bundle.catalogue.position:
                 recommender.insert_item(
-                    row["item_id"], np.array(row["codes"]), row["title"], row["category_path"], row["tags"]
+                    row["item_id"],
+                    np.array(row["codes"], dtype=np.int64),
+                    row["title"],
+                    row["category_path"],
+                    row["tags"],
                 )
+        self.cold_seen[recommender] = seen + len(rows)
 
     def bundle_dir(self, name: str | None) -> Path:
         """The directory ``/admin/reload`` may load: the configured bundle, or a sub-directory of
@@ -142,9 +165,10 @@ class ServiceState:
             raise InvalidRequest(f"bundle: no bundle named {name!r} under the bundle root")
         return path
 
-    async def reload(self, name: str | None) -> tuple[str, str]:
+    async def reload(self, name: str | None, announce: bool = True) -> tuple[str, str]:
         """Load, verify and warm another bundle, then swap atomically; queued requests finish on the
-        old one, and the old bundle serves on while the new one loads.
+        old one, and the old bundle serves on while the new one loads. ``announce``: name it in the
+        store as the fleet's bundle, which the other replicas then load (``service.fleet``).
 
         A bundle that fails verification is refused with one log line naming the fault (with its full
         path, for the operator); the client gets the same reason without server paths, and the old
@@ -166,6 +190,12 @@ class ServiceState:
             # next reload's freeze_heap unfreezes and collects it.
             freeze_heap()
         log.info("reloaded: %s -> %s", previous, fresh.bundle.bundle_id)
+        if announce:
+            pointer = {"bundle": name, "bundle_id": fresh.bundle.bundle_id, "at": time.time()}
+            await self.store.set_fleet_bundle(pointer)
+            if self.fleet is not None:  # this replica is where the fleet is going
+                self.fleet.wanted, self.fleet.error = fresh.bundle.bundle_id, None
+                self.metrics.bundle_in_sync.set(1)
         return previous, fresh.bundle.bundle_id
 
     @property
@@ -308,7 +338,8 @@ class ServiceState:
         )
 
     async def register(self, item_id: str, body: ItemUpsert) -> ItemInfo:
-        """Cold start: tokenise the embedding, give the item a unique ID, publish it for other replicas."""
+        """Cold start: tokenise the embedding; the store gives the item an ID unique in the whole fleet
+        (the other replicas read it from there: ``service.fleet``)."""
         if body.embedding is None:
             reason = (
                 "text needs a text encoder, which bundles do not carry yet" if body.text else "it is missing"
@@ -317,15 +348,22 @@ class ServiceState:
         recommender = self.recommender
         if item_id in recommender.bundle.catalogue.position:
             raise InvalidRequest(f"item_id: {item_id!r} is already in the catalogue")
-        sid, tags = recommender.assign_id(np.asarray(body.embedding, dtype=np.float64))
-        row = recommender.insert_item(item_id, sid, body.title, body.category_path, tags)
+        codes, tags = recommender.tokenize(np.asarray(body.embedding, dtype=np.float64))
+        snapshot, levels = recommender.snapshot, recommender.levels
+        taken = snapshot.sids[(snapshot.sids[:, :levels] == codes).all(axis=1), levels]  # under the tuple
         record = {
             "item_id": item_id,
-            "codes": sid.tolist(),
+            "codes": codes.tolist(),
             "title": body.title,
             "category_path": body.category_path,
             "tags": tags,
             "added_at": time.time(),
         }
-        await self.store.add_cold_item(recommender.bundle.bundle_id, record)
+        record = await self.store.register_item(
+            recommender.bundle.bundle_id, record, sorted(set(taken.tolist())), recommender.codebook_size
+        )
+        row = recommender.bundle.catalogue.position.get(item_id)  # the follower may have been first
+        if row is None:
+            sid = np.array(record["codes"], dtype=np.int64)
+            row = recommender.insert_item(item_id, sid, body.title, body.category_path, tags)
         return self._item_info(recommender, row)

@@ -4,12 +4,17 @@ Two implementations of one small interface:
 
 - ``MemoryStore``: in-process, the embedded default when no ``SIDREC_REDIS_URL`` is set (and the
   fallback of ``RedisStore``).
-- ``RedisStore`` (redis-py asyncio), keys under ``{prefix}:``:
-  ``bundle:{bundle_id}:{manifest,sids,catalogue,tags}`` the bundle's tables, published at start for
-  other replicas and tools, ``bundle:current`` the id being served, ``bundle:{bundle_id}:cold_items``
-  (hash item id -> JSON row with its ID) loaded at start so every replica serves the same cold-start
-  items, ``history:{user_id}`` capped lists (RPUSH + LTRIM), ``cache:{bundle_id}:{digest}`` results
-  with a short TTL. Versioning by bundle id means a reload never reads another bundle's tables.
+- ``RedisStore`` (redis-py asyncio; a Redis Cluster for a ``redis+cluster://`` URL), keys under
+  ``{prefix}:``: ``bundle:{{bundle_id}}:{manifest,sids,catalogue,tags}`` the bundle's tables,
+  published at start for other replicas and tools; ``bundle:current`` the bundle the fleet serves
+  (JSON ``{"bundle", "bundle_id"}``, written by a reload: ``service.fleet``); per bundle the
+  cold-start items, allocated by one Lua script (``REGISTER_ITEM``) so that concurrent registrations
+  on different replicas never share an ID: ``cold_ids`` (hash ID -> item id), ``cold_items`` (hash
+  item id -> JSON row with its ID) and ``cold_log`` (the rows in registration order, which replicas
+  read from where they stopped); ``history:{user_id}`` capped lists (RPUSH + LTRIM),
+  ``cache:{bundle_id}:{digest}`` results with a short TTL. Versioning by bundle id means a reload
+  never reads another bundle's tables. Every multi-key operation (a bundle's tables, its cold-start
+  keys) stays in one cluster slot: the bundle id is the hash tag (``{...}``).
 
 If Redis stops answering, ``RedisStore`` marks itself degraded (``sidrec_redis_up`` = 0, readiness
 says ``degraded``) and a background task reconnects with exponential backoff and jitter
@@ -41,16 +46,60 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
-from service.errors import StoreUnavailable
+from service.errors import InvalidRequest, StoreUnavailable
 from service.metrics import ServiceMetrics
 from service.spool import EventSpool
 
-__all__ = ["Backoff", "MemoryStore", "RedisStore", "Store"]
+__all__ = ["CLUSTER_SCHEME", "REGISTER_ITEM", "Backoff", "MemoryStore", "RedisStore", "Store"]
 
 log = logging.getLogger("sidrec.store")
 T = TypeVar("T")
+
+#: ``SIDREC_REDIS_URL`` scheme that selects a Redis Cluster (any one node; ``rediss+cluster`` for TLS)
+CLUSTER_SCHEME = "redis+cluster://"
+
+#: Allocate a cold-start item's disambiguation code, atomically for the whole fleet: the smallest code
+#: under its tuple that neither the bundle (ARGV[4], codes its rows hold) nor an earlier registration
+#: (KEYS[1]) took; record the row (KEYS[2]) and append it to the log replicas follow (KEYS[3]).
+#: ARGV: item id, tuple "c0,c1,..", codebook size, taken codes, the row's JSON up to and after the
+#: code. Returns {0, row}, {1, existing row} (item already registered) or {2, ""} (tuple full).
+REGISTER_ITEM = """
+local existing = redis.call('HGET', KEYS[2], ARGV[1])
+if existing then return {1, existing} end
+local taken = {}
+for code in string.gmatch(ARGV[4], '%d+') do taken[tonumber(code)] = true end
+for code = 0, tonumber(ARGV[3]) - 1 do
+  if not taken[code] and redis.call('HSETNX', KEYS[1], ARGV[2] .. ',' .. code, ARGV[1]) == 1 then
+    local row = ARGV[5] .. code .. ARGV[6]
+    redis.call('HSET', KEYS[2], ARGV[1], row)
+    redis.call('RPUSH', KEYS[3], row)
+    return {0, row}
+  end
+end
+return {2, ''}
+"""
+
+
+def _client(url: str, socket_timeout: float, connect_timeout: float) -> Any:
+    """A plain client, or a cluster client for ``redis+cluster://`` (``rediss+cluster://``) URLs."""
+    options = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
+    for scheme in (CLUSTER_SCHEME, "rediss+cluster://"):
+        if url.startswith(scheme):
+            plain = scheme.replace("+cluster", "") + url[len(scheme) :]
+            # Without full coverage the slots of the live masters keep answering while one is down.
+            return RedisCluster.from_url(plain, require_full_coverage=False, **options)
+    return aioredis.from_url(url, **options)
+
+
+async def _drop_connections(client: Any) -> None:
+    """Close every pooled connection (stale after an outage); the client reconnects on next use."""
+    if isinstance(client, RedisCluster):
+        await client.aclose()  # also forgets the slot map, which a failover may have changed
+    else:
+        await client.connection_pool.disconnect()
 
 
 class Store(Protocol):
@@ -60,8 +109,12 @@ class Store(Protocol):
     async def start(self, bundle_id: str, tables: dict[str, bytes]) -> None: ...
     async def history(self, user_id: str) -> list[str]: ...
     async def append(self, user_id: str, item_ids: list[str]) -> int: ...
-    async def cold_items(self, bundle_id: str) -> list[dict[str, Any]]: ...
-    async def add_cold_item(self, bundle_id: str, row: dict[str, Any]) -> None: ...
+    async def cold_items(self, bundle_id: str, start: int = 0) -> list[dict[str, Any]]: ...
+    async def register_item(
+        self, bundle_id: str, row: dict[str, Any], taken: list[int], codebook_size: int
+    ) -> dict[str, Any]: ...
+    async def fleet_bundle(self) -> dict[str, Any] | None: ...
+    async def set_fleet_bundle(self, pointer: dict[str, Any]) -> None: ...
     async def cache_get(self, key: str) -> bytes | None: ...
     async def cache_set(self, key: str, value: bytes, ttl_s: float) -> None: ...
     async def close(self) -> None: ...
@@ -73,7 +126,8 @@ class MemoryStore:
     def __init__(self, history_cap: int) -> None:
         self._cap = history_cap
         self._histories: dict[str, deque[str]] = {}
-        self._cold: dict[str, dict[str, dict[str, Any]]] = {}
+        self._cold: dict[str, list[dict[str, Any]]] = {}  # bundle id -> rows in registration order
+        self._fleet: dict[str, Any] | None = None
         self._cache: dict[str, tuple[float, bytes]] = {}
 
     @property
@@ -91,11 +145,28 @@ class MemoryStore:
         history.extend(item_ids)
         return len(history)
 
-    async def cold_items(self, bundle_id: str) -> list[dict[str, Any]]:
-        return list(self._cold.get(bundle_id, {}).values())
+    async def cold_items(self, bundle_id: str, start: int = 0) -> list[dict[str, Any]]:
+        return self._cold.get(bundle_id, [])[start:]
 
-    async def add_cold_item(self, bundle_id: str, row: dict[str, Any]) -> None:
-        self._cold.setdefault(bundle_id, {})[row["item_id"]] = row
+    async def register_item(
+        self, bundle_id: str, row: dict[str, Any], taken: list[int], codebook_size: int
+    ) -> dict[str, Any]:
+        rows = self._cold.setdefault(bundle_id, [])
+        if any(r["item_id"] == row["item_id"] for r in rows):
+            raise InvalidRequest(f"item_id: {row['item_id']!r} is already in the catalogue")
+        used = set(taken) | {r["codes"][-1] for r in rows if r["codes"][:-1] == row["codes"]}
+        code = next((c for c in range(codebook_size) if c not in used), None)
+        if code is None:
+            raise InvalidRequest(f"embedding: all {codebook_size} IDs under {row['codes']} are taken")
+        full = {**row, "codes": [*row["codes"], code]}
+        rows.append(full)
+        return full
+
+    async def fleet_bundle(self) -> dict[str, Any] | None:
+        return self._fleet
+
+    async def set_fleet_bundle(self, pointer: dict[str, Any]) -> None:
+        self._fleet = pointer
 
     async def cache_get(self, key: str) -> bytes | None:
         hit = self._cache.get(key)
@@ -148,10 +219,10 @@ class RedisStore:
     ) -> None:
         """``spool_dir``: where events accepted while Redis is down are kept (``service.spool``);
         None refuses them instead. ``buffer_size``: events the spool holds at most."""
-        self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._redis = _client(url, timeout_s, timeout_s)
         # The bundle's tables are megabytes: a short per-request timeout would fail their upload on a
         # busy machine forever, so they go through a client of their own with a generous one.
-        self._bulk = aioredis.from_url(url, socket_timeout=30.0, socket_connect_timeout=timeout_s)
+        self._bulk = _client(url, 30.0, timeout_s)
         self._prefix = prefix
         self._cap = history_cap
         self._metrics = metrics
@@ -159,9 +230,9 @@ class RedisStore:
         self._up = False
         self._reconnect: asyncio.Task[None] | None = None
         self._pending: tuple[str, dict[str, bytes]] | None = None
+        self._pending_fleet: dict[str, Any] | None = None  # a fleet pointer set while down
         self._spool = EventSpool(spool_dir, buffer_size)  # events accepted, not yet in Redis
         metrics.event_buffer.set(self._spool.size)
-        self._cold: dict[tuple[str, str], dict[str, Any]] = {}  # cold items registered while down
         self._mirror: OrderedDict[str, list[str]] = OrderedDict()  # LRU of known histories
         self._mirror_users = mirror_users
         self._backoff = backoff
@@ -173,6 +244,10 @@ class RedisStore:
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._prefix, *parts))
+
+    def _bundle_key(self, bundle_id: str, name: str) -> str:
+        """A key of one bundle; the bundle id is the hash tag, so they share one cluster slot."""
+        return self._key("bundle", f"{{{bundle_id}}}", name)
 
     def _remember(self, user_id: str, history: list[str]) -> None:
         self._mirror[user_id] = history[-self._cap :]
@@ -198,11 +273,14 @@ class RedisStore:
             try:
                 # After an outage every pooled connection is stale and would fail once more on its
                 # next use, flipping the store back to degraded once per connection: drop them all.
-                await self._redis.connection_pool.disconnect()
-                await self._bulk.connection_pool.disconnect()
+                await _drop_connections(self._redis)
+                await _drop_connections(self._bulk)
                 await self._redis.ping()
                 if self._pending is not None:
                     await self._publish(*self._pending)
+                if self._pending_fleet is not None:
+                    await self._redis.set(self._key("bundle", "current"), json.dumps(self._pending_fleet))
+                    self._pending_fleet = None
                 await self._flush()
             except (RedisError, OSError):
                 continue
@@ -213,10 +291,7 @@ class RedisStore:
             return
 
     async def _flush(self) -> None:
-        """Write what arrived while down, events oldest first; each leaves memory once Redis has it."""
-        for (bundle_id, item_id), row in list(self._cold.items()):
-            await self._redis.hset(self._key("bundle", bundle_id, "cold_items"), item_id, json.dumps(row))
-            del self._cold[(bundle_id, item_id)]
+        """Write the events that arrived while down, oldest first; each leaves the spool once in Redis."""
         pending = self._spool.pending
         while pending:  # events spooled during a write are picked up by the next round
             user_id, items = pending[0]
@@ -242,8 +317,7 @@ class RedisStore:
     async def _publish(self, bundle_id: str, tables: dict[str, bytes]) -> None:
         async with self._bulk.pipeline(transaction=True) as pipe:
             for name, data in tables.items():
-                pipe.set(self._key("bundle", bundle_id, name), data)
-            pipe.set(self._key("bundle", "current"), bundle_id)
+                pipe.set(self._bundle_key(bundle_id, name), data)
             await pipe.execute()
         self._pending = None
 
@@ -310,24 +384,84 @@ class RedisStore:
 
         return await self._call(write, spool)
 
-    async def cold_items(self, bundle_id: str) -> list[dict[str, Any]]:
+    async def cold_items(self, bundle_id: str, start: int = 0) -> list[dict[str, Any]]:
+        """The bundle's cold-start rows from position ``start`` of the registration log; none while
+        Redis is down (a replica reads on from the same position once it is back)."""
+
         async def read() -> list[dict[str, Any]]:
-            rows = await self._redis.hvals(self._key("bundle", bundle_id, "cold_items"))
-            return sorted((json.loads(r) for r in rows), key=lambda row: row["added_at"])
+            rows = await self._redis.lrange(self._bundle_key(bundle_id, "cold_log"), start, -1)
+            return [json.loads(row) for row in rows]
 
-        return await self._call(read, lambda: self._fallback.cold_items(bundle_id))
+        async def nothing() -> list[dict[str, Any]]:
+            return []
 
-    async def add_cold_item(self, bundle_id: str, row: dict[str, Any]) -> None:
-        async def write() -> None:
-            await self._redis.hset(
-                self._key("bundle", bundle_id, "cold_items"), row["item_id"], json.dumps(row)
+        return await self._call(read, nothing)
+
+    async def register_item(
+        self, bundle_id: str, row: dict[str, Any], taken: list[int], codebook_size: int
+    ) -> dict[str, Any]:
+        """Give ``row`` (its ``codes`` the item's tuple) the smallest disambiguation code free in the
+        whole fleet (``REGISTER_ITEM``), record it and return it with its full ID. ``taken``: the
+        codes the bundle's own rows use under that tuple. Refused while Redis is down
+        (``StoreUnavailable``): an ID allocated by one replica alone could collide with another's."""
+        body = json.dumps({**{k: v for k, v in row.items() if k != "codes"}, "codes": row["codes"]})
+        head, tail = body[:-2] + ", ", "]}"  # the JSON up to and after the code: "...[c0, c1, " + code
+        keys = [self._bundle_key(bundle_id, name) for name in ("cold_ids", "cold_items", "cold_log")]
+        args = [
+            row["item_id"],
+            ",".join(str(c) for c in row["codes"]),
+            codebook_size,
+            " ".join(str(c) for c in taken),
+            head,
+            tail,
+        ]
+
+        async def allocate() -> tuple[int, bytes]:
+            status, text = await self._redis.eval(REGISTER_ITEM, len(keys), *keys, *args)
+            return int(status), text
+
+        async def refuse() -> tuple[int, bytes]:
+            raise StoreUnavailable(
+                "item: the store is unavailable and new items need it to get a fleet-wide unique ID; retry",
+                2.0,
             )
 
-        async def remember() -> None:  # written by the reconnect loop, like buffered events
-            self._cold[(bundle_id, row["item_id"])] = row
-            await self._fallback.add_cold_item(bundle_id, row)
+        status, text = await self._call(allocate, refuse)
+        if status == 1:
+            raise InvalidRequest(f"item_id: {row['item_id']!r} is already in the catalogue")
+        if status == 2:
+            raise InvalidRequest(f"embedding: all {codebook_size} IDs under {row['codes']} are taken")
+        result: dict[str, Any] = json.loads(text)
+        return result
 
-        await self._call(write, remember)
+    async def fleet_bundle(self) -> dict[str, Any] | None:
+        """The bundle the fleet serves (``bundle:current``), None if no reload named one yet."""
+
+        async def read() -> dict[str, Any] | None:
+            raw = await self._redis.get(self._key("bundle", "current"))
+            if raw is None:
+                return None
+            try:
+                pointer = json.loads(raw)
+            except ValueError:  # a plain bundle id, as written before fleet reloads
+                return None
+            return pointer if isinstance(pointer, dict) else None
+
+        async def unknown() -> dict[str, Any] | None:
+            return None
+
+        return await self._call(read, unknown)
+
+    async def set_fleet_bundle(self, pointer: dict[str, Any]) -> None:
+        """Name the bundle every replica should serve; written on reconnect if Redis is down now."""
+
+        async def write() -> None:
+            await self._redis.set(self._key("bundle", "current"), json.dumps(pointer))
+
+        async def later() -> None:
+            self._pending_fleet = pointer
+
+        await self._call(write, later)
 
     async def cache_get(self, key: str) -> bytes | None:
         async def read() -> bytes | None:

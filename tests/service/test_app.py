@@ -158,7 +158,7 @@ def test_cold_start_item(client: TestClient, tiny_run: TinyRun, redis_target: Re
     assert item["codes"][2] == min(set(range(16)) - taken)  # the smallest free disambiguation code
     assert client.get("/items/new-1").json()["codes"] == item["codes"]
     assert redis_target.client.hget(
-        f"{redis_target.prefix}:bundle:{client.get('/v1/model').json()['bundle_id']}:cold_items", "new-1"
+        f"{redis_target.prefix}:bundle:{{{client.get('/v1/model').json()['bundle_id']}}}:cold_items", "new-1"
     )
     hit = client.post("/recommend", json={"history": ["new-1"], "k": 3, "filter": {"tag_path": ["X"]}}).json()
     assert hit["items"] == [] or {i["item_id"] for i in hit["items"]} <= {"new-1"}
