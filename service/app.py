@@ -1,10 +1,12 @@
 """The FastAPI app factory: lifespan (load, verify, connect, batch), error mapping, body limit, metrics.
 
 Every error a client can cause leaves through one of the handlers here, as JSON whose ``detail``
-names the field at fault: ``ServiceError`` via ``status_of`` (service/errors.py), request validation
-as 422 listing ``field: message`` (never echoing the input, which may be huge or not encodable), and
-the framework's own 4xx (unparseable body, unknown route) with the same shape. Nothing internal
-(traceback, server path) is ever in a body.
+names the field at fault (``ErrorBody``): ``ServiceError`` via ``status_of`` (service/errors.py),
+request validation as 422 listing ``field: message`` (never echoing the input, which may be huge or
+not encodable) with ``errors`` beside it (``ValidationErrorBody``: a service 422 has the same shape),
+and the framework's own 4xx (unparseable body, unknown route, a method the path does not have, with
+every method it has in ``Allow``) with the same shape. Nothing internal (traceback, server path) is
+ever in a body. ``service/openapi.py`` documents exactly these.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import Overloaded, ServiceError, StoreUnavailable
 from service.metrics import ServiceMetrics
+from service.openapi import openapi_for
 from service.routes import router, status_of
 from service.settings import Settings, get_settings
 from service.state import ServiceState
@@ -73,6 +76,16 @@ def _problem(error: dict[str, Any]) -> dict[str, str]:
 
 def _safe(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _allowed(app: FastAPI, path: str) -> list[str]:
+    """The methods some route answers on ``path`` (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in [*app.router.routes, *router.routes]:  # the app's own (docs) and the API's
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(path):
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 class BodyLimit:
@@ -190,15 +203,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Generative recommendation over semantic IDs, served from a verified ONNX bundle.",
         version="0.1.0",
         lifespan=lifespan,
+        # Starlette would answer "/items/" with a redirect whose host is the request's Host header
+        redirect_slashes=False,
     )
     app.include_router(router)
+    app.openapi = openapi_for(app, lambda: getattr(app.state, "service", None))  # type: ignore[method-assign]
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         headers = {}
         if isinstance(exc, Overloaded | StoreUnavailable):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        return JSONResponse({"detail": _safe(str(exc))}, status_code=status_of(exc), headers=headers)
+        detail, status = _safe(str(exc)), status_of(exc)
+        if status == 422:  # the same body as a schema violation: the message starts with its field
+            field, _, message = detail.partition(": ")
+            if not message:
+                field, message = "body", detail
+            problem = {"field": field, "message": message}
+            return JSONResponse({"detail": detail, "errors": [problem]}, status_code=422)
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -213,7 +236,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             detail = "body: cannot be parsed as JSON (malformed, or nested too deeply)"
         elif exc.status_code in (404, 405):
             detail = f"path: {request.method} {_safe(request.url.path)[:200]}: {detail}"
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only the first route's
+            headers["Allow"] = ", ".join(_allowed(request.app, request.scope["path"]))
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     app.add_middleware(ShedEarly, service=lambda: getattr(app.state, "service", None))
     app.add_middleware(RequestMetrics, metrics=metrics)

@@ -7,8 +7,9 @@ place that turns them into HTTP status codes (see ``service.app``), so no route 
 
 - ``BundleError``: the bundle on disk is missing a file, fails its checksum or does not match its
   manifest. At start-up the service refuses to run; on ``/admin/reload`` the old bundle stays.
-- ``UnknownItem``: an item id in a URL that is not in the catalogue (404); an unknown id inside a
-  request body is an ``InvalidRequest`` naming the field (422).
+- ``UnknownItem``: an item id in a URL that is not in the catalogue (404); an unknown id in an
+  event is an ``InvalidRequest`` naming the field (422), and in a history it is skipped and listed
+  in the answer's ``ignored_history`` (422 only when no known item is left).
 - ``InvalidRequest``: a well-formed request that asks for something impossible (422).
 - ``Overloaded``: the request queue is full (``service.batcher``); retry after ``retry_after``
   seconds (429).

@@ -8,12 +8,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import ApiKey, EventsKey, Operator, State
 from service.errors import ERROR_STATUS, ServiceError
 from service.layout import DecodingLayout, cpu_limit
+from service.openapi import error_responses
 from service.schemas import (
     MAX_PAGE,
     BatchRequest,
@@ -24,9 +25,11 @@ from service.schemas import (
     ItemInfo,
     ItemPage,
     ItemUpsert,
+    Readiness,
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
+    ReloadResponse,
 )
 
 __all__ = ["router", "status_of"]
@@ -44,13 +47,23 @@ def status_of(exc: ServiceError) -> int:
     return 400
 
 
-@router.post("/recommend", response_model=RecommendResponse, tags=["recommend"])
+@router.post(
+    "/recommend",
+    response_model=RecommendResponse,
+    responses=error_responses(400, 413, 422, 429, 503),
+    tags=["recommend"],
+)
 async def recommend(body: RecommendRequest, state: State) -> RecommendResponse:
     """Top-k items for a history (explicit, or the user's stored events), constrained to real items."""
     return await state.recommend(body)
 
 
-@router.post("/recommend/batch", response_model=BatchResponse, tags=["recommend"])
+@router.post(
+    "/recommend/batch",
+    response_model=BatchResponse,
+    responses=error_responses(400, 413, 422, 429),
+    tags=["recommend"],
+)
 async def recommend_batch(body: BatchRequest, state: State) -> BatchResponse:
     """Several recommendations in one call; each gets its own result or its own error."""
     outcomes = await asyncio.gather(*(state.recommend(r) for r in body.requests), return_exceptions=True)
@@ -65,14 +78,20 @@ async def recommend_batch(body: BatchRequest, state: State) -> BatchResponse:
     return BatchResponse(results=results)
 
 
-@router.post("/events", response_model=EventsResponse, dependencies=[EventsKey], tags=["events"])
+@router.post(
+    "/events",
+    response_model=EventsResponse,
+    dependencies=[EventsKey],
+    responses=error_responses(400, 401, 413, 422, 503),
+    tags=["events"],
+)
 async def events(body: EventsRequest, state: State) -> EventsResponse:
     """Append interactions to a user's history (a capped list; oldest events fall off)."""
     length = await state.record(body.user_id, body.items)
     return EventsResponse(user_id=body.user_id, history_length=length, store=state.store.state)
 
 
-@router.get("/items", response_model=ItemPage, tags=["items"])
+@router.get("/items", response_model=ItemPage, responses=error_responses(422), tags=["items"])
 async def list_items(
     state: State,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
@@ -83,13 +102,19 @@ async def list_items(
     return ItemPage(total=total, offset=offset, items=items)
 
 
-@router.get("/items/{item_id}", response_model=ItemInfo, tags=["items"])
+@router.get("/items/{item_id}", response_model=ItemInfo, responses=error_responses(404, 422), tags=["items"])
 async def get_item(item_id: ItemIdPath, state: State) -> ItemInfo:
     """One item with its semantic ID and the tag path its codes stand for."""
     return state.item(item_id)
 
 
-@router.put("/items/{item_id}", response_model=ItemInfo, dependencies=[ApiKey], tags=["items"])
+@router.put(
+    "/items/{item_id}",
+    response_model=ItemInfo,
+    dependencies=[ApiKey],
+    responses=error_responses(400, 401, 413, 422, 503),
+    tags=["items"],
+)
 async def put_item(item_id: ItemIdPath, body: ItemUpsert, state: State) -> ItemInfo:
     """Cold start: tokenise a new item's embedding into a unique ID, recommendable at once."""
     return await state.register(item_id, body)
@@ -101,7 +126,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["ops"])
+@router.get(
+    "/readyz",
+    tags=["ops"],
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "shutting down: take this replica out of rotation"}},
+)
 async def readyz(state: State, request: Request) -> JSONResponse:
     """Readiness: a verified bundle is loaded; ``degraded`` while Redis is unreachable or while this
     replica could not load the bundle the fleet was told to serve (still serving; ``fleet`` says
@@ -121,7 +151,7 @@ async def readyz(state: State, request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503 if stopping else 200)
 
 
-@router.get("/metrics", tags=["ops"])
+@router.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
 async def metrics(state: State) -> Response:
     """Prometheus metrics: latency, batch size, queue wait, beam step time, Redis state.
 
@@ -178,12 +208,18 @@ def _without_paths(value: Any) -> Any:
     return value
 
 
-@router.post("/admin/reload", dependencies=[ApiKey], tags=["ops"])
-async def reload(state: State, body: ReloadRequest | None = None) -> dict[str, str]:
+@router.post(
+    "/admin/reload",
+    response_model=ReloadResponse,
+    dependencies=[ApiKey],
+    responses=error_responses(400, 401, 409, 413, 422),
+    tags=["ops"],
+)
+async def reload(state: State, body: ReloadRequest | None = None) -> ReloadResponse:
     """Verify and load a bundle, then swap atomically; in-flight requests finish on the old one.
 
     With no body the configured bundle directory is read again; ``bundle`` names a sub-directory of
     ``SIDREC_BUNDLE_ROOT``. A bundle that fails verification is refused (409) and the old one serves on.
     """
     previous, current = await state.reload(body.bundle if body else None)
-    return {"previous": previous, "bundle_id": current}
+    return ReloadResponse(previous=previous, bundle_id=current)

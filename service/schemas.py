@@ -6,13 +6,18 @@ Limits (also enforced against the bundle's own ``decoding`` maxima):
 ``/events`` at most 100 items per call, ``/items`` pages of at most 1000, item ids at most 200
 characters, request bodies at most ``SIDREC_MAX_BODY_BYTES`` (413 beyond), JSON nesting as deep as
 the schema needs (deeper is a 400 naming the body). Unknown fields are refused (422 naming the
-field), so a typo never silently changes the answer. Strings must be valid Unicode: a lone UTF-16
-surrogate (``"\\ud800"`` in JSON) is refused, since it could be neither stored nor sent back.
+field), so a typo never silently changes the answer. Types are strict: a string is not an integer
+(``"k": "3"``), a boolean is not an integer (``"k": true``) and a number is not a boolean
+(``"explain": 0``). Strings must be valid Unicode: a lone UTF-16 surrogate (``"\\ud800"`` in JSON) is
+refused, since it could be neither stored nor sent back.
+
+Every error body is ``ErrorBody`` (``detail``: one line naming the field at fault); a 422 adds
+``errors``, one ``{field, message}`` per problem (``ValidationErrorBody``).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -20,18 +25,23 @@ __all__ = [
     "BatchRequest",
     "BatchResponse",
     "BatchResult",
+    "ErrorBody",
     "EventsRequest",
     "EventsResponse",
+    "FieldProblem",
     "GroundingOut",
     "HistoryItem",
     "ItemInfo",
     "ItemPage",
     "ItemUpsert",
+    "Readiness",
     "RecommendRequest",
     "RecommendResponse",
     "RecommendedItem",
     "ReloadRequest",
+    "ReloadResponse",
     "TagOut",
+    "ValidationErrorBody",
 ]
 
 MAX_K, MAX_BEAM, MAX_HISTORY, MAX_FILTER_DEPTH, MAX_BATCH, MAX_EVENTS, MAX_PAGE = (
@@ -61,7 +71,29 @@ BundleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields refused, no type coercion (subclasses' configs merge with this)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ErrorBody(BaseModel):
+    """What every 4xx and 5xx answer carries."""
+
+    detail: str = Field(description="what is wrong, naming the field, item or setting at fault")
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="where in the request, e.g. 'history[3]', 'query.limit' or 'body'")
+    message: str
+
+
+class ValidationErrorBody(ErrorBody):
+    """A 422: the request is well-formed JSON but not a valid request."""
+
+    errors: list[FieldProblem] = Field(
+        default_factory=list,
+        description="one entry per problem (at most 20); ``detail`` joins them as 'field: message; ...'",
+    )
 
 
 class Filter(_Request):
@@ -75,8 +107,8 @@ class RecommendRequest(_Request):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"history": ["B004756YJA", "B00027D8IC"], "k": 10, "exclude_seen": True, "explain": True},
-                {"user_id": "u42", "k": 5, "beam": 20, "filter": {"tag_path": ["Skin Care", "Face"]}},
+                {"history": ["SYN000001", "SYN000002"], "k": 10, "exclude_seen": True, "explain": True},
+                {"user_id": "demo-user", "k": 5, "beam": 20, "filter": {"tag_path": ["Beauty", "Skin Care"]}},
             ]
         },
     )
@@ -84,7 +116,11 @@ class RecommendRequest(_Request):
     user_id: ItemId | None = Field(
         None, description="read this user's stored history when no history is given"
     )
-    history: list[ItemId] | None = Field(None, max_length=MAX_HISTORY, description="item ids, oldest first")
+    history: list[ItemId] | None = Field(
+        None,
+        max_length=MAX_HISTORY,
+        description="item ids, oldest first; ids the bundle does not know are skipped (ignored_history)",
+    )
     k: int = Field(10, ge=1, le=MAX_K)
     beam: int | None = Field(
         None, ge=1, le=MAX_BEAM, description="beam width (default: max(bundle default, k))"
@@ -164,6 +200,11 @@ class RecommendResponse(BaseModel):
     bundle_id: str
     items: list[RecommendedItem]
     history_used: int = Field(description="how many history items the model read")
+    ignored_history: list[str] = Field(
+        default_factory=list,
+        description="history items this bundle does not know (new, removed or not yet registered), "
+        "skipped; the request fails (422) only when no known item is left",
+    )
     cached: bool = False
 
 
@@ -185,7 +226,7 @@ class BatchResponse(BaseModel):
 
 class EventsRequest(_Request):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"user_id": "u42", "item_id": "B004756YJA"}]}
+        extra="forbid", json_schema_extra={"examples": [{"user_id": "demo-user", "item_id": "SYN000001"}]}
     )
 
     user_id: ItemId
@@ -245,6 +286,23 @@ class ItemUpsert(_Request):
     category_path: list[Annotated[Text, Field(max_length=200)]] = Field(
         default_factory=list, max_length=MAX_FILTER_DEPTH
     )
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "degraded", "shutting down"] = Field(
+        description="degraded: Redis is unreachable and the service still serves; shutting down: 503"
+    )
+    store: str = Field(description="the history store: embedded (in-process), ok or degraded (Redis down)")
+    bundle_id: str
+    queue: int = Field(description="requests waiting for the model")
+    fleet: dict[str, Any] | None = Field(
+        None, description="with Redis: whether this replica serves the bundle the fleet was told to serve"
+    )
+
+
+class ReloadResponse(BaseModel):
+    previous: str = Field(description="the bundle id served before")
+    bundle_id: str = Field(description="the bundle id served now")
 
 
 class ReloadRequest(_Request):

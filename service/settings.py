@@ -23,10 +23,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIDREC_", extra="ignore", frozen=True)
 
     bundle_path: Path = Field(description="bundle directory written by `python -m training export`")
-    redis_url: str = Field("", description="redis://host:port/db; empty = in-process store")
+    redis_url: str = Field(
+        "",
+        description="redis://host:port/db, or redis+cluster://host:port (any one node) for a Redis Cluster; "
+        "empty = in-process store",
+    )
     redis_key_prefix: str = Field("sidrec", min_length=1, description="namespace of every Redis key")
     api_key: SecretStr | None = Field(
-        None, description="required by PUT /items, /admin/* and (events_need_key) POST /events; never logged"
+        None,
+        description="required by PUT /items, /admin/* and (events_need_key) POST /events; at least 16 "
+        "characters; never logged",
     )
     events_need_key: bool = Field(True, description="POST /events needs the API key too")
     bundle_root: Path | None = Field(

@@ -213,32 +213,38 @@ class ServiceState:
             rows.append(row)
         return rows
 
-    async def _query(self, recommender: Recommender, request: RecommendRequest) -> Query:
+    async def _query(self, recommender: Recommender, request: RecommendRequest) -> tuple[Query, list[str]]:
+        """The model's query, and the history items the bundle does not know (skipped, each once)."""
         decoding = recommender.bundle.manifest.decoding
         beam = request.beam if request.beam is not None else max(decoding.beam, request.k)
         if request.k > decoding.max_k or beam > decoding.max_beam:
             raise InvalidRequest(
                 f"k/beam: this bundle allows k <= {decoding.max_k} and beam <= {decoding.max_beam}"
             )
+        known = recommender.bundle.catalogue.position
         if request.history:
-            history = self._rows(recommender, request.history, "history")
+            history = [known[i] for i in request.history if i in known]
+            if not history:
+                raise InvalidRequest("history: none of its items are in this bundle's catalogue")
+            ignored = list(dict.fromkeys(i for i in request.history if i not in known))
         else:
             assert request.user_id is not None  # the schema requires one of them
             stored = await self.store.history(request.user_id)
             if not stored:
                 raise InvalidRequest(f"user_id: {request.user_id!r} has no events; send a history")
-            known = recommender.bundle.catalogue.position
             history = [known[i] for i in stored if i in known]  # items of an older bundle are skipped
             if not history:
                 raise InvalidRequest(
                     f"user_id: none of {request.user_id!r}'s events are in this bundle's catalogue"
                 )
+            ignored = list(dict.fromkeys(i for i in stored if i not in known))
         tag_path = request.filter.tag_path if request.filter else None
         if tag_path is not None:
             recommender.filter_rows(tag_path, recommender.snapshot)  # fail fast, before batching
-        return Query(
+        query = Query(
             history, request.k, beam, request.exclude_seen, tag_path, request.explain, request.grounding
         )
+        return query, ignored
 
     def _response(
         self, recommender: Recommender, query: Query, hits: list[Recommendation]
@@ -289,7 +295,7 @@ class ServiceState:
         (a full queue refuses at once: ``MicroBatcher``)."""
         deadline = time.perf_counter() + self.settings.request_timeout_ms / 1000
         recommender = self.recommender  # one bundle for the whole request, even across a reload
-        query = await self._query(recommender, request)
+        query, ignored = await self._query(recommender, request)
         key = None
         if self.settings.cache_ttl_s > 0:
             digest = hashlib.sha256(
@@ -299,12 +305,13 @@ class ServiceState:
             cached = await self.store.cache_get(key)
             if cached is not None:
                 self.metrics.cache_hits.inc()
-                return RecommendResponse.model_validate_json(cached).model_copy(update={"cached": True})
+                answer = RecommendResponse.model_validate_json(cached)
+                return answer.model_copy(update={"cached": True, "ignored_history": ignored})
         hits = await self.batcher.submit(recommender, query, deadline)
         response = self._response(recommender, query, hits)
         if key is not None:
             await self.store.cache_set(key, response.model_dump_json().encode(), self.settings.cache_ttl_s)
-        return response
+        return response.model_copy(update={"ignored_history": ignored})
 
     # --------------------------------------------------------------------------------- events
     async def record(self, user_id: str, item_ids: list[str]) -> int:

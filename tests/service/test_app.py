@@ -79,7 +79,7 @@ def test_tag_filter_is_respected(client: TestClient, tiny_run: TinyRun) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
-        ({"history": ["__nope__"]}, 422, "history[0]: unknown item"),
+        ({"history": ["__nope__"]}, 422, "history: none of its items are in this bundle's catalogue"),
         ({"history": []}, 422, "history"),
         ({}, 422, "user_id"),
         ({"user_id": "nobody"}, 422, "has no events"),
@@ -89,6 +89,11 @@ def test_tag_filter_is_respected(client: TestClient, tiny_run: TinyRun) -> None:
         ({"history": ["x"], "k": "ten"}, 422, "k"),
         ({"history": "abc"}, 422, "history"),
         ({"history": ["x"], "colour": "red"}, 422, "colour"),
+        ({"history": ["x"], "k": "3"}, 422, "k: Input should be a valid integer"),  # strict types
+        ({"history": ["x"], "k": True}, 422, "k: Input should be a valid integer"),
+        ({"history": ["x"], "k": 3.0}, 422, "k: Input should be a valid integer"),
+        ({"history": ["x"], "explain": 0}, 422, "explain: Input should be a valid boolean"),
+        ({"history": ["x"], "exclude_seen": "no"}, 422, "exclude_seen: Input should be a valid boolean"),
     ],
 )
 def test_bad_input_is_a_clear_4xx(
@@ -131,7 +136,19 @@ def test_batch_gives_each_request_its_own_result(client: TestClient, tiny_run: T
     results = response.json()["results"]
     assert [r["status"] for r in results] == [200, 422, 200]
     assert results[0]["response"]["items"] == results[2]["response"]["items"]
-    assert "unknown item" in results[1]["error"]
+    assert "none of its items" in results[1]["error"]
+
+
+def test_unknown_history_items_are_skipped_and_listed(client: TestClient, tiny_run: TinyRun) -> None:
+    history = history_ids(tiny_run, 2)
+    mixed = ["__new__", *history[:1], "__gone__", *history[1:], "__new__"]
+    known_only = client.post("/recommend", json={"history": history, "k": 5}).json()
+    answer = client.post("/recommend", json={"history": mixed, "k": 5})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["ignored_history"] == ["__new__", "__gone__"]  # each once, in the order given
+    assert body["items"] == known_only["items"] and body["history_used"] == known_only["history_used"]
+    assert known_only["ignored_history"] == []
 
 
 def test_items_listing_and_lookup(client: TestClient, tiny_run: TinyRun) -> None:
