@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import K8S, load_yaml_docs
+from tests.deploy.conftest import K8S, REPO, load_yaml_docs
+
+README = REPO / "deploy" / "README.md"
 
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 
@@ -46,7 +48,6 @@ def test_every_document_has_the_required_fields(docs):
     assert {
         "Namespace",
         "ConfigMap",
-        "Secret",
         "Service",
         "StatefulSet",
         "Deployment",
@@ -81,7 +82,26 @@ def test_api_probes_resources_and_settings(docs):
     refs = {src.get("configMapRef", src.get("secretRef", {})).get("name") for src in container["envFrom"]}
     assert refs == {"sidrec-config", "sidrec-api-key"}
     _one(docs, "ConfigMap", "sidrec-config")
-    assert "SIDREC_API_KEY" in _one(docs, "Secret", "sidrec-api-key")["stringData"]
+    assert not [d for d in docs if d["kind"] == "Secret"], "apply -k must never overwrite the real key"
+    (secret,) = load_yaml_docs(K8S / "base" / "secret.yaml")  # its shape, applied by hand if at all
+    assert secret["metadata"] == {"name": "sidrec-api-key", "namespace": "sidrec"}
+    assert "SIDREC_API_KEY" in secret["stringData"]
+
+
+def test_the_documented_kubernetes_steps_run_in_order():
+    """deploy/README's steps from the repository root: the namespace before the Secret in it, and
+    no ``cd`` that would leave the later relative paths pointing elsewhere."""
+    text = README.read_text()
+    block = text.split("## Kubernetes", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [line.strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    namespace = next(i for i, line in enumerate(lines) if "namespace.yaml" in line)
+    secret = next(i for i, line in enumerate(lines) if "create secret" in line)
+    assert namespace < secret
+    assert not [line for line in lines if line.startswith("cd ") or "&& cd " in line]
+    for line in lines:  # every path a step names exists, relative to the repository root
+        for word in line.split():
+            if word.startswith("deploy/"):
+                assert (REPO / word).exists(), word
 
 
 def test_every_container_sets_resources_and_every_claim_exists(docs):
