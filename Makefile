@@ -5,6 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= artifacts/demo
+PORT   ?= 8000
 
 .PHONY: help install demo test check format clean loadtest
 
@@ -21,8 +22,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv with everything (serve + train + dev)
 
-demo: $(STAMP)  ## build the synthetic demo data and everything downstream, and show it
-	$(PY) -m training demo --out $(DEMO)
+demo: $(STAMP)  ## build the demo (reused while current; REBUILD=1 anew), serve it on PORT (8000), tour it
+	$(PY) -m training demo --out $(DEMO) --port $(PORT) $(if $(REBUILD),--rebuild)
 
 test: $(STAMP)  ## run the test suite (real Redis, real ONNX, real HTTP)
 	$(PY) -m pytest -q
