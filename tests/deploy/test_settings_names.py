@@ -53,3 +53,10 @@ def test_compose_and_kubernetes_configure_the_same_settings():
     k8s = set().union(*(names for path, names in used.items() if path.startswith("deploy/k8s")))
     assert {"SIDREC_BUNDLE_PATH", "SIDREC_REDIS_URL", "SIDREC_API_KEY", "SIDREC_PROVIDERS"} <= k8s
     assert k8s <= used["docker-compose.yml"]
+
+
+def test_the_readme_configuration_table_lists_every_setting():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    listed = set(NAME.findall(table))
+    assert listed == _settings_names(), "README Configuration: add or remove rows to match the settings"
