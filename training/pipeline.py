@@ -3,8 +3,9 @@
 The pipeline drives each stage through its own CLI (the same code a user runs by hand), so a pipeline run
 and a stage-by-stage run can never drift apart. A profile (``--config``, see ``configs/pipeline/``) names
 each stage's config file and extra ``--set`` overrides. The output folder holds one sub-folder per stage
-(``data/``, ``tokenizer/``, ``generator/``, ``bundle/``) and ``pipeline.json`` with the command that ran
-and each stage's command and timing. Each stage's ``metrics.json`` records the stage's own command
+(``data/``, ``tokenizer/``, ``generator/``, ``bundle/``) and ``pipeline.json`` with the command that ran,
+each stage's command and timing, and what prepare and the tokenizer chose from the data (``choices``,
+also printed under the summary table). Each stage's ``metrics.json`` records the stage's own command
 (``"command"``, the one that reproduces it alone) and the command that ran the pipeline
 (``"pipeline_command"``; the demo's, when the demo ran it).
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from training import provenance
 from training.config import load_config
 
-__all__ = ["PipelineConfig", "StageConfig", "add_arguments", "run", "run_pipeline"]
+__all__ = ["PipelineConfig", "StageConfig", "add_arguments", "choices", "run", "run_pipeline"]
 
 REPO = Path(__file__).resolve().parents[1]
 #: the folder (under the pipeline's output) whose ``metrics.json`` each stage writes or updates
@@ -133,10 +134,19 @@ def run_pipeline(source: str, out: Path, profile: PipelineConfig) -> list[dict[s
         if status != 0:
             break
         _add_pipeline_command(out / METRICS_DIR[name] / "metrics.json", pipeline_command)
-    (out / "pipeline.json").write_text(
-        json.dumps({"command": pipeline_command, "stages": rows}, indent=2) + "\n"
-    )
+    record = {"command": pipeline_command, "stages": rows, "choices": choices(out)}
+    (out / "pipeline.json").write_text(json.dumps(record, indent=2) + "\n")
     return rows
+
+
+def choices(out: Path) -> list[str]:
+    """What the stages chose from the data, and why: the comment lines atop their ``config.toml``."""
+    lines: list[str] = []
+    for stage in ("data", "tokenizer"):
+        path = out / stage / "config.toml"
+        if path.is_file():
+            lines += [line[2:] for line in path.read_text().splitlines() if line.startswith("# ")]
+    return lines
 
 
 def _add_pipeline_command(path: Path, pipeline_command: str) -> None:
@@ -154,5 +164,9 @@ def run(args: argparse.Namespace) -> int:
     print("\nstage       seconds  status")
     for row in rows:
         print(f"{row['stage']:<11} {row['seconds']:>7}  {'ok' if row['status'] == 0 else 'FAILED'}")
+    chosen = choices(args.out)
+    if chosen:
+        print("\nchosen from the data (config.toml of each stage):")
+        print("\n".join(f"  {line}" for line in chosen))
     failed = [row for row in rows if row["status"] != 0]
     return int(failed[0]["status"]) if failed else 0  # type: ignore[call-overload]

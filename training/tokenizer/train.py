@@ -235,11 +235,13 @@ def train(
     train_tags = torch.from_numpy(np.where(valid[:, None], 0, tags)).long()  # (N, n_tag_levels)
     x = torch.from_numpy(embeddings).float()  # (N, E)
 
-    heads = min(config.model.levels, supervised_levels(tags))  # code levels with a tag head
+    supervised = min(config.model.levels, supervised_levels(tags))  # code levels with a tag head
+    # At least one head, so that every bundle has its tag-heads graph: with no supervisable level it
+    # learns nothing (its losses are 0) and predicts <other>, which explanations never show.
     model = HiDVAE(
         config.model,
         input_dim=x.shape[1],
-        tag_classes=tag_classes[:heads],
+        tag_classes=tag_classes[: max(supervised, 1)],
         tag_text_dim=tag_text[0].shape[1],
     )
     model.set_tag_text([torch.from_numpy(t) for t in tag_text])
@@ -290,7 +292,7 @@ def train(
         {
             "unique_ids_after_resolution": len(np.unique(sids, axis=0)),
             "items_moved_by_disambiguation": int((sids[:, :-1] != codes).any(axis=1).sum()),
-            "supervised_levels": len(model.tag_heads),
+            "supervised_levels": supervised,
             "n_items": n,
             "n_valid_items": int(valid.sum()),
             "selected_step": best[1],

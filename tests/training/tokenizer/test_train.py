@@ -135,6 +135,9 @@ def test_a_tokenizer_trains_more_code_levels_than_the_data_has_tag_levels() -> N
     trained = train(x, tags, classes, [np.eye(4, dtype=np.float32)] * 3, config)
     assert len(trained.model.tag_heads) == 1 and trained.metrics["supervised_levels"] == 1
     assert trained.sids.shape == (64, 4) and len(np.unique(trained.sids, axis=0)) == 64
+    tags[:] = 0  # no categories at all: one inert head, so that every bundle has a tag-heads graph
+    trained = train(x, tags, classes, [np.eye(4, dtype=np.float32)] * 3, config)
+    assert len(trained.model.tag_heads) == 1 and trained.metrics["supervised_levels"] == 0
 
 
 def test_committed_default_config_is_the_dataclass_default() -> None:
