@@ -21,7 +21,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -86,6 +88,24 @@ def _allowed(app: FastAPI, path: str) -> list[str]:
         if pattern is not None and pattern.match(path):
             methods |= getattr(route, "methods", None) or set()
     return sorted(methods)
+
+
+def _swagger_ui(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the ``swagger-ui-bundle-v2`` package's files, so the docs work on a
+    machine without internet access and send nothing to a third party."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="sidrec API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
 
 
 class BodyLimit:
@@ -205,8 +225,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # Starlette would answer "/items/" with a redirect whose host is the request's Host header
         redirect_slashes=False,
+        docs_url=None,  # served below from the package's own copy of Swagger UI, not from a CDN
+        redoc_url=None,
     )
     app.include_router(router)
+    _swagger_ui(app)
     app.openapi = openapi_for(app, lambda: getattr(app.state, "service", None))  # type: ignore[method-assign]
 
     @app.exception_handler(ServiceError)

@@ -8,6 +8,7 @@ real server) plus our own two: no internals in any body, and every 4xx names its
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,17 @@ def test_methods_and_trailing_slashes(client: TestClient) -> None:
     for path in ("/items/", "/recommend/"):  # no redirect, least of all to the Host header's host
         response = client.get(path, headers={"Host": "evil.example"}, follow_redirects=False)
         assert response.status_code in (404, 405) and "location" not in response.headers
+
+
+def test_swagger_ui_is_served_without_a_cdn(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert assets and all(url.startswith("/docs/assets/") for url in assets)
+    assert not re.findall(r"https?://", page.text)
+    for url in assets:
+        assert client.get(url).status_code == 200, url
+    assert client.get("/redoc").status_code == 404  # ReDoc would load its script from a CDN
 
 
 def test_examples_are_answered_by_the_served_bundle(client: TestClient, tiny_run: TinyRun) -> None:
