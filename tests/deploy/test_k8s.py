@@ -159,3 +159,12 @@ def test_api_keeps_its_event_spool_on_a_claim_and_stops_within_the_pod_grace(doc
     assert volume["persistentVolumeClaim"]["claimName"] == "sidrec-spool"
     grace = float(_one(docs, "ConfigMap", "sidrec-config")["data"]["SIDREC_SHUTDOWN_GRACE_S"])
     assert grace < api["terminationGracePeriodSeconds"]
+
+
+def test_api_pods_are_protected_by_a_disruption_budget(docs):
+    api = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "sidrec-api")
+    assert api["spec"]["replicas"] >= 2
+    (budget,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    labels = api["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert budget["spec"]["maxUnavailable"] < api["spec"]["replicas"]
