@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         list(pool.map(generator, names))  # list(): re-raises a stage's failure
 
-    evaluate = [*py, "evaluate", "--split", args.split, "--results", str(args.results)]
+    evaluate = [*py, "evaluate", "--cached", "--split", args.split, "--results", str(args.results)]
     for name in names:
         evaluate += ["--run", f"{name}={args.work / f'gen-{name}'}"]
         if "model.use_semantic=false" in MODELS[name].overrides:
