@@ -20,6 +20,7 @@ from service.errors import BundleError
 from service.layout import cpu_limit
 from service.manifest import Manifest, load_manifest
 from service.prefix_index import PrefixIndex
+from service.text_encoder import TfidfSvdTextEncoder
 
 __all__ = ["Catalogue", "LoadedBundle", "available_providers", "load_bundle"]
 
@@ -81,6 +82,7 @@ class LoadedBundle:
     tag_levels: list[list[str]]
     catalogue: Catalogue
     item_table: np.ndarray | None = None  # float32 (n_items, item_dim) when the bundle ranks by "dot"
+    text_encoder: TfidfSvdTextEncoder | None = None  # item text -> the tokenizer's input, if carried
 
     @property
     def bundle_id(self) -> str:
@@ -150,7 +152,15 @@ def load_bundle(path: Path, providers: list[str], threads: int | None = None) ->
                 f"{path}/{manifest.tables['item_table'].file}: {item_table.dtype} {item_table.shape}, "
                 f"expected float32 ({manifest.n_items}, item_dim)"
             )
+    text_encoder = None
+    if "text_encoder" in manifest.tables:
+        text_encoder = TfidfSvdTextEncoder.load(path / manifest.tables["text_encoder"].file)
+        if text_encoder.dim != manifest.embedding_dim:
+            raise BundleError(
+                f"{path}/{manifest.tables['text_encoder'].file}: embeds into {text_encoder.dim} "
+                f"dimensions, the tokenizer reads {manifest.embedding_dim}"
+            )
     log.info("loaded bundle %s from %s on %s", manifest.bundle_id, path, provider)
     return LoadedBundle(
-        path, manifest, sessions, provider, sids, index, tags["levels"], catalogue, item_table
+        path, manifest, sessions, provider, sids, index, tags["levels"], catalogue, item_table, text_encoder
     )

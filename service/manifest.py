@@ -29,6 +29,7 @@ __all__ = [
     "FAST_PATH_GRAPH_NAMES",
     "GRAPH_NAMES",
     "MANIFEST_FILE",
+    "OPTIONAL_TABLE_NAMES",
     "SCHEMA_VERSION",
     "DecodingDefaults",
     "FileSpec",
@@ -62,6 +63,9 @@ TABLE_NAMES = ("sids", "prefix_index", "tags", "catalogue")
 #: the user-vector and cold-item graphs, and the item vectors of the catalogue.
 DOT_GRAPH_NAMES = ("generator_user", "item_vectors")
 DOT_TABLE_NAMES = ("item_table",)
+#: Tables a bundle may carry: ``text_encoder`` (the tokenizer's TF-IDF + SVD text encoder as arrays,
+#: for cold start by text: ``service.text_encoder``).
+OPTIONAL_TABLE_NAMES = ("text_encoder",)
 
 
 class _Strict(BaseModel):
@@ -179,7 +183,7 @@ class Manifest(_Strict):
         unknown = sorted(set(self.graphs) - set(graph_names) - set(fast_path))
         if unknown:
             raise ValueError(f"graphs has unknown entries {unknown}")
-        unknown = sorted(set(self.tables) - set(table_names))
+        unknown = sorted(set(self.tables) - set(table_names) - set(OPTIONAL_TABLE_NAMES))
         if unknown:
             raise ValueError(f"tables has unknown entries {unknown}")
         if 0 < sum(n in self.graphs for n in fast_path) < len(fast_path):

@@ -132,7 +132,8 @@ class ServiceState:
         bundle = recommender.bundle
         tables = {"manifest": (bundle.path / "manifest.json").read_bytes()}
         for name, spec in bundle.manifest.tables.items():
-            tables[name] = (bundle.path / spec.file).read_bytes()
+            if name != "text_encoder":  # large, and of no use to other tools
+                tables[name] = (bundle.path / spec.file).read_bytes()
         await self.store.start(bundle.bundle_id, tables)
         await self.catch_up(recommender)
 
@@ -141,7 +142,9 @@ class ServiceState:
         seen = self.cold_seen.get(recommender, 0)
         rows = await self.store.cold_items(recommender.bundle.bundle_id, seen)
         for row in rows:
-            if row["item_id"] not in recommender.bundle.catalogue.position:
+            if row["item_id"] in recommender.bundle.catalogue.position:
+                continue
+            try:
                 recommender.insert_item(
                     row["item_id"],
                     np.array(row["codes"], dtype=np.int64),
@@ -149,6 +152,8 @@ class ServiceState:
                     row["category_path"],
                     row["tags"],
                 )
+            except InvalidRequest as exc:  # cannot happen while every ID comes from the store
+                log.error("cold-start item %r from the store not served: %s", row["item_id"], exc)
         self.cold_seen[recommender] = seen + len(rows)
 
     def bundle_dir(self, name: str | None) -> Path:
@@ -345,17 +350,21 @@ class ServiceState:
         )
 
     async def register(self, item_id: str, body: ItemUpsert) -> ItemInfo:
-        """Cold start: tokenise the embedding; the store gives the item an ID unique in the whole fleet
-        (the other replicas read it from there: ``service.fleet``)."""
-        if body.embedding is None:
-            reason = (
-                "text needs a text encoder, which bundles do not carry yet" if body.text else "it is missing"
-            )
-            raise InvalidRequest(f"embedding: required ({reason}); send the item's embedding")
+        """Cold start: tokenise the embedding (sent, or made from ``text``, else the title, by the
+        bundle's text encoder as training made the catalogue's); the store gives the item an ID unique
+        in the whole fleet (the other replicas read it from there: ``service.fleet``)."""
         recommender = self.recommender
+        encoder = recommender.bundle.text_encoder
+        if body.embedding is not None:
+            embedding = np.asarray(body.embedding, dtype=np.float64)
+        elif encoder is not None and (body.text or body.title):
+            embedding = encoder.encode(body.text or body.title).astype(np.float64)
+        else:
+            reason = "this bundle carries no text encoder" if body.text or body.title else "no text either"
+            raise InvalidRequest(f"embedding: required ({reason}); send the item's embedding")
         if item_id in recommender.bundle.catalogue.position:
             raise InvalidRequest(f"item_id: {item_id!r} is already in the catalogue")
-        codes, tags = recommender.tokenize(np.asarray(body.embedding, dtype=np.float64))
+        codes, tags = recommender.tokenize(embedding)
         snapshot, levels = recommender.snapshot, recommender.levels
         taken = snapshot.sids[(snapshot.sids[:, :levels] == codes).all(axis=1), levels]  # under the tuple
         record = {

@@ -31,6 +31,7 @@ from training.export.graphs import (
     UserGraph,
     export_graph,
 )
+from training.export.text_encoder import export_text_encoder
 from training.generator.model import SidrecGenerator
 from training.tokenizer.model import HiDVAE
 
@@ -62,6 +63,11 @@ class BundleInputs:
     metrics: dict[str, Any] = field(default_factory=dict)
     decoding: dict[str, Any] = field(default_factory=dict)  # overrides of DecodingDefaults (k, beam, ranking)
     tag_temperatures: list[float] | None = None  # per tag level (see ``TagHeadsGraph``); None = 1
+    # the tokenizer's text encoder spec and the catalogue's texts (``Dataset.item_texts``): with both,
+    # the bundle carries the encoder for cold start by text (``training.export.text_encoder``)
+    text_encoder: str | None = None
+    item_texts: list[str] | None = None
+    text_cache_dir: Path | None = None  # the tokenizer run's embedding cache (``embed_texts``)
 
 
 def _git_sha() -> str:
@@ -215,6 +221,12 @@ def export_bundle(inputs: BundleInputs, out: Path) -> Manifest:
             table = generator.item_table(sids).numpy().astype(np.float32)  # (n_items, item_dim)
         np.save(out / "item_table.npy", table, allow_pickle=False)
         table_files["item_table"] = "item_table.npy"
+    metrics = inputs.metrics
+    if inputs.text_encoder is not None and inputs.item_texts is not None:
+        text = export_text_encoder(inputs.item_texts, inputs.text_encoder, out, inputs.text_cache_dir)
+        if text is not None and text["file"] is not None:
+            table_files["text_encoder"] = text["file"]
+        metrics = {**metrics, "text_encoder": text}
     np.save(out / "sids.npy", inputs.sids.astype(np.int64), allow_pickle=False)
     PrefixIndex.build(inputs.sids.astype(np.int64), k).save(out / "prefix_index.npz")
     (out / "tags.json").write_text(json.dumps({"levels": inputs.tag_levels}, ensure_ascii=False) + "\n")
@@ -250,7 +262,7 @@ def export_bundle(inputs: BundleInputs, out: Path) -> Manifest:
             **{"history_length": history_length, "max_tag_filter_depth": max_depth, **inputs.decoding}
         ),
         configs=inputs.configs,
-        metrics=inputs.metrics,
+        metrics=metrics,
     )
     manifest.write(out)
     return manifest

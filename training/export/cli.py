@@ -183,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
             configs=configs,
             metrics=metrics,
             decoding={"k": args.k, "beam": args.beam, "ranking": ranking},
+            text_encoder=tokenizer_config.encoder,
+            item_texts=dataset.item_texts(),
+            text_cache_dir=data_dir / "cache",  # where ``python -m training tokenizer`` cached them
         ),
         args.out,
     )

@@ -25,6 +25,7 @@ from training.tokenizer.model import HiDVAE, HiDVAEConfig
 
 HISTORY = 12
 STEPS, BATCH = 60, 32
+TEXT_ENCODER = "tfidf-svd:32"  # the tokenizer's input; the bundle carries it for cold start by text
 
 
 @dataclass
@@ -85,7 +86,7 @@ def build_tiny_run(root: Path) -> TinyRun:
     torch.set_num_threads(1)  # tiny tensors: one thread beats two on shared cores
     torch.manual_seed(0)
     dataset = generate(SyntheticConfig(n_items=800, n_users=600, seed=0))
-    embeddings = embed_texts(dataset.item_texts(), "tfidf-svd:32")
+    embeddings = embed_texts(dataset.item_texts(), TEXT_ENCODER)
     k = 16
     config = HiDVAEConfig(levels=2, codebook_size=k, hidden_dims=(64,), latent_dim=8, tag_head_hidden=32)
     tokenizer = HiDVAE(
@@ -109,6 +110,8 @@ def build_tiny_run(root: Path) -> TinyRun:
         tokenizer=tokenizer,
         embedding_dim=embeddings.shape[1],
         generator=generator,
+        text_encoder=TEXT_ENCODER,
+        item_texts=dataset.item_texts(),
         configs={"note": "tests/training/export/tiny_run.py"},
         metrics={"note": "untrained tokenizer, 60-step generator: not a quality measurement"},
     )
