@@ -104,10 +104,10 @@ def adapt_to_data(
         model = replace(model, levels=levels)
         notes.append(f"model.levels = {levels}: chosen from the data ({why})")
     used = min(supervised, model.levels) if model.mode == "hidvae" else 0
-    notes.append(
-        f"tag-supervised code levels: {used} of {model.levels}"
-        + (f" (levels {used + 1}..{model.levels} train without tags)" if used < model.levels else "")
+    untagged = {0: "", 1: f" (level {model.levels} trains without tags)"}.get(
+        model.levels - used, f" (levels {used + 1}-{model.levels} train without tags)"
     )
+    notes.append(f"tag-supervised code levels: {used} of {model.levels}{untagged}")
     capacity = id_capacity(model.levels, model.codebook_size)
     if n_items > capacity:
         raise ConfigError(
