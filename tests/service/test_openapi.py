@@ -9,23 +9,17 @@ real server) plus our own two: no internals in any body, and every 4xx names its
 from __future__ import annotations
 
 import re
-import tomllib
-from pathlib import Path
-from typing import Any
 
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from schemathesis.config import SchemathesisConfig
-from schemathesis.engine import events, from_schema
 from schemathesis.python import asgi
 
-from benchmarks.fuzz import FIELD_PREFIX, LEAK_MARKERS
+from benchmarks import api_fuzz
 from service.app import create_app
 from tests.service.conftest import API_KEY, RedisTarget, settings_for
 from tests.training.export.tiny_run import TinyRun
 
-REPO = Path(__file__).resolve().parents[2]
 KEY = {"X-API-Key": API_KEY}
 #: examples per operation and phase: about 10 s per run on 2 cores
 EXAMPLES = 12
@@ -124,57 +118,25 @@ def test_examples_are_answered_by_the_served_bundle(client: TestClient, tiny_run
 # --------------------------------------------------------------------------- schemathesis
 
 
-@schemathesis.check
-def no_internals_in_the_body(ctx: Any, response: Any, case: Any) -> bool | None:
-    """No traceback, file name or server path in any answer."""
-    text = response.text if isinstance(response.text, str) else ""
-    for marker in LEAK_MARKERS:
-        if marker in text:
-            raise AssertionError(f"the body leaks {marker!r}: {text[:200]!r}")
-    return None
-
-
-@schemathesis.check
-def every_4xx_names_its_field(ctx: Any, response: Any, case: Any) -> bool | None:
-    """A 4xx (but 429) says what is wrong, starting with the field, header or path at fault."""
-    if 400 <= response.status_code < 500 and response.status_code != 429:
-        detail = response.json().get("detail")
-        if not isinstance(detail, str) or not FIELD_PREFIX.match(detail):
-            raise AssertionError(f"{response.status_code} without its field: {response.text[:200]!r}")
-    return None
-
-
-def run_schemathesis(app: Any, headers: dict[str, str]) -> tuple[int, set[str], list[str]]:
-    """Every phase of ``schemathesis run`` against ``app`` in-process, with the repository's config:
-    (checks run, check names, failures)."""
-    config = tomllib.loads((REPO / "schemathesis.toml").read_text())
-    config["generation"] = {"max-examples": EXAMPLES}
-    config["headers"] = headers
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=SchemathesisConfig.from_dict(config))
-    count, names, failures = 0, set(), []
-    try:
-        for event in from_schema(schema).execute():
-            if isinstance(event, events.ScenarioFinished):
-                for case_id, nodes in event.recorder.checks.items():
-                    for node in nodes:
-                        count, names = count + 1, names | {node.name}
-                        if node.failure_info is not None:
-                            interaction = event.recorder.interactions.get(case_id)
-                            request = interaction.request if interaction else None
-                            where = f"{request.method} {request.uri}" if request else event.recorder.label
-                            failures.append(f"{node.name}: {where}: {node.failure_info.failure}"[:600])
-            elif isinstance(event, events.NonFatalError | events.FatalError):
-                failures.append(f"schemathesis error: {event}"[:600])
-    finally:
-        asgi.shutdown_lifespans()  # the app's lifespan, which schemathesis started
-    return count, names, failures
-
-
 @pytest.mark.parametrize("caller", ["anonymous", "operator"])
 def test_schemathesis_finds_nothing(tiny_run: TinyRun, redis_target: RedisTarget, caller: str) -> None:
+    """Every phase and check of ``schemathesis run`` and our two (benchmarks/api_fuzz.py)."""
     settings = settings_for(tiny_run.bundle, redis_url=redis_target.url, redis_key_prefix=redis_target.prefix)
-    count, names, failures = run_schemathesis(create_app(settings), KEY if caller == "operator" else {})
-    assert not failures, "\n".join(sorted(set(failures))[:20])
-    assert count > 1000
-    assert {"no_internals_in_the_body", "every_4xx_names_its_field", "status_code_conformance"} <= names
-    assert {"response_schema_conformance", "unsupported_method", "positive_data_acceptance"} <= names
+    app = create_app(settings)
+    try:
+        report = api_fuzz.run(
+            lambda config: schemathesis.openapi.from_asgi("/openapi.json", app, config=config),
+            headers=KEY if caller == "operator" else {},
+            examples=EXAMPLES,
+            forbidden=(str(tiny_run.bundle), str(tiny_run.bundle.parent)),
+        )
+    finally:
+        asgi.shutdown_lifespans()  # the app's lifespan, which schemathesis started
+    assert not report.failures, "\n".join(sorted(set(report.failures))[:20])
+    assert report.requests > 300 and len(report.operations) >= len(DOCUMENTED)
+    assert {"no_internals_in_the_body", "every_4xx_names_its_field", "status_code_conformance"} <= (
+        report.check_names
+    )
+    assert {"response_schema_conformance", "unsupported_method", "positive_data_acceptance"} <= (
+        report.check_names
+    )
