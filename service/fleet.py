@@ -74,6 +74,8 @@ class FleetFollower:
                 await self.sync()
             except ServiceError as exc:  # the store refused a read: try again next poll
                 log.warning("fleet: %s", exc)
+            except Exception:  # never let one bad poll stop the replica from following
+                log.exception("fleet: a poll failed; trying again")
 
     async def sync(self) -> None:
         """One poll: read the new cold-start items, then follow the fleet's bundle if it changed."""

@@ -47,7 +47,7 @@ from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError, TryAgainError
 
 from service.errors import InvalidRequest, StoreUnavailable
 from service.metrics import ServiceMetrics
@@ -57,6 +57,11 @@ __all__ = ["CLUSTER_SCHEME", "REGISTER_ITEM", "Backoff", "MemoryStore", "RedisSt
 
 log = logging.getLogger("sidrec.store")
 T = TypeVar("T")
+
+#: what a Redis that cannot be reached raises (a cluster client also raises errors outside RedisError)
+_UNREACHABLE = (RedisError, RedisClusterException, OSError)
+#: what a cluster with a master down answers: an outage, although some of them are ResponseErrors
+_CLUSTER_OUTAGE = (ClusterError, TryAgainError, RedisClusterException)
 
 #: ``SIDREC_REDIS_URL`` scheme that selects a Redis Cluster (any one node; ``rediss+cluster`` for TLS)
 CLUSTER_SCHEME = "redis+cluster://"
@@ -282,7 +287,7 @@ class RedisStore:
                     await self._redis.set(self._key("bundle", "current"), json.dumps(self._pending_fleet))
                     self._pending_fleet = None
                 await self._flush()
-            except (RedisError, OSError):
+            except _UNREACHABLE:
                 continue
             # _flush returned after seeing an empty buffer, with no await since: nothing slipped in.
             self._up = True
@@ -304,13 +309,16 @@ class RedisStore:
         if self._up:
             try:
                 return await operation()
+            except _CLUSTER_OUTAGE as exc:
+                self._down(exc)
+                return await fallback()
             except ResponseError as exc:
                 # Redis is up and refused this one command: not an outage, and nothing to buffer (a
                 # refused write would be retried, and refused, forever). The caller gets a 503.
                 self._metrics.store_errors.inc()
                 log.error("redis refused a command: %s", exc)
                 raise StoreUnavailable("store: the history store refused this request; retry") from None
-            except (RedisError, OSError) as exc:
+            except _UNREACHABLE as exc:
                 self._down(exc)
         return await fallback()
 
@@ -329,7 +337,7 @@ class RedisStore:
             await self._redis.ping()
             await self._publish(bundle_id, tables)
             await self._flush()
-        except (RedisError, OSError) as exc:
+        except _UNREACHABLE as exc:
             self._down(exc)
             return
         self._up = True

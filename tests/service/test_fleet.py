@@ -27,7 +27,10 @@ KEY = {"X-API-Key": API_KEY}
 def replicas(bundle: Path, redis: RedisTarget, n: int = 2, **overrides: object) -> Iterator[list[TestClient]]:
     settings = settings_for(bundle, redis_url=redis.url, redis_key_prefix=redis.prefix, **overrides)
     with ExitStack() as stack:
-        yield [stack.enter_context(TestClient(create_app(settings))) for _ in range(n)]
+        clients = [stack.enter_context(TestClient(create_app(settings))) for _ in range(n)]
+        for client in clients:  # on a loaded machine the first connection may time out: it reconnects
+            wait_for(lambda c=client: c.get("/readyz").json()["store"] == "ok", 20.0)  # type: ignore[misc]
+        yield clients
 
 
 def service(client: TestClient) -> ServiceState:
