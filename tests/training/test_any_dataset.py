@@ -149,7 +149,7 @@ def test_default_pipeline_gives_unique_ids_and_says_what_it_chose(pipeline_run: 
     assert any(line.startswith("build.min_tag_count = ") for line in record["choices"])
     stats = json.loads((run / "data" / "stats.json").read_text())
     if shape == "yelp":
-        assert stats["dropped"]["interactions_repeated"] == 120  # one per user
+        assert stats["dropped"]["interactions_repeated"] >= 120  # one per user, and chance repeats
     if shape == "no-timestamps":
         assert stats["max_seq_len"] == 300  # kept whole: the model reads its most recent window
     generator = json.loads((run / "generator" / "metrics.json").read_text())
