@@ -79,14 +79,17 @@ def evaluate_run(
         label=f"full ranking ({split})",
     )
     ranks = target_ranks(tops[config.eval.ranking], targets)
-    negatives = sample_negatives(dataset.sequences, dataset.n_items, config.eval.negatives, config.eval.seed)
+    # a small catalogue with a long history has fewer unseen items than the configured negatives
+    unseen = dataset.n_items - max(len(set(s.tolist())) for s in dataset.sequences)
+    n_negatives = max(1, min(config.eval.negatives, unseen))
+    negatives = sample_negatives(dataset.sequences, dataset.n_items, n_negatives, config.eval.seed)
     candidates = np.concatenate([targets[:, None], negatives], 1)  # (U, 1 + n): target first
     scores = sampled_scores(
         inputs,
         histories,
         candidates,
         by_dot=config.eval.ranking != "beam",
-        label=f"sampled-{config.eval.negatives} ({split})",
+        label=f"sampled-{n_negatives} ({split})",
     )
     s_ranks = sampled_ranks(scores[:, 0], scores[:, 1:])
 
@@ -98,6 +101,7 @@ def evaluate_run(
         "users": len(targets),
         "beam": beam,
         "ranking": config.eval.ranking,
+        "negatives": n_negatives,
         **group_metrics(ranks, s_ranks),
     }
     for name, members in groups.items():

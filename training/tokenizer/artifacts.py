@@ -61,7 +61,10 @@ def load_tokenizer(run_dir: Path) -> tuple[HiDVAE, TokenizerConfig]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         raw = checkpoint["config"]
         model_config = HiDVAEConfig(**{**raw["model"], "hidden_dims": tuple(raw["model"]["hidden_dims"])})
-        extra = {k: raw[k] for k in ("collaborative_dims", "collaborative_weight") if k in raw}
+        # a checkpoint from before behaviour was part of the input was trained on the text alone
+        extra = {"collaborative_dims": raw.get("collaborative_dims", 0)}
+        if "collaborative_weight" in raw:
+            extra["collaborative_weight"] = raw["collaborative_weight"]
         config = TokenizerConfig(
             model=model_config, train=TrainConfig(**raw["train"]), encoder=raw["encoder"], **extra
         )

@@ -26,7 +26,7 @@ from training.config import load_config
 from training.data import Dataset
 from training.data.text import embed_texts
 from training.tokenizer.artifacts import save_run
-from training.tokenizer.collaborative import collaborative_input, ppmi_svd
+from training.tokenizer.collaborative import tokenizer_input
 from training.tokenizer.defaults import adapt_to_data, explicit_keys
 from training.tokenizer.train import TokenizerConfig, train
 
@@ -90,10 +90,9 @@ def run(args: argparse.Namespace) -> int:
     explicit = explicit_keys(args.config, overrides)
     config, choices = adapt_to_data(config, dataset.n_items, dataset.tag_ids, explicit)
     cache_dir = args.cache_dir or args.data / "cache"
-    embeddings = embed_texts(dataset.item_texts(), config.encoder, cache_dir)  # (N, E)
-    if config.collaborative_dims > 0:
-        behaviour = ppmi_svd(dataset.split().train, dataset.n_items, config.collaborative_dims)
-        embeddings = collaborative_input(embeddings, behaviour, config.collaborative_weight)
+    embeddings = tokenizer_input(
+        dataset, config.encoder, config.collaborative_dims, config.collaborative_weight, cache_dir
+    )  # (N, E [+ behaviour])
     tag_text = [embed_texts(names, config.encoder, cache_dir) for names in dataset.tags.levels]
 
     def report(record: dict[str, float]) -> None:

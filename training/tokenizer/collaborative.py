@@ -9,13 +9,17 @@ Cold-start items, which have no behaviour yet, get zeros in this part (``Tokeniz
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy.sparse import coo_matrix
 from sklearn.decomposition import TruncatedSVD
 
+from training.data import Dataset
+from training.data.text import embed_texts
 from training.generator.cooccurrence import pair_counts
 
-__all__ = ["collaborative_input", "ppmi_svd"]
+__all__ = ["collaborative_input", "ppmi_svd", "tokenizer_input"]
 
 
 def ppmi_svd(
@@ -48,3 +52,12 @@ def collaborative_input(text: np.ndarray, behaviour: np.ndarray, weight: float) 
     norms = np.linalg.norm(text, axis=1, keepdims=True)
     unit_text = text / np.maximum(norms, 1e-12)
     return np.concatenate([unit_text, weight * behaviour], axis=1).astype(np.float32)
+
+
+def tokenizer_input(dataset: Dataset, encoder: str, dims: int, weight: float, cache_dir: Path) -> np.ndarray:
+    """What the tokenizer trains on (N, E [+ dims]): the items' text embeddings (``encoder``, cached in
+    ``cache_dir``), with ``dims`` > 0 beside their behaviour in the training split."""
+    text = embed_texts(dataset.item_texts(), encoder, cache_dir)
+    if dims <= 0:
+        return text
+    return collaborative_input(text, ppmi_svd(dataset.split().train, dataset.n_items, dims), weight)

@@ -77,7 +77,7 @@ class TokenizerConfig:
     #: ``training.data.text`` encoder spec for item texts and tag names
     encoder: str = "tfidf-svd:1024"
     #: dimensions of behaviour (PPMI-SVD of training co-occurrence) appended to the text; 0 = text only
-    collaborative_dims: int = 0
+    collaborative_dims: int = 128
     #: length of the behaviour part relative to the (unit) text part of the input
     collaborative_weight: float = 1.5
 

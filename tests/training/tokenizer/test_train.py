@@ -14,9 +14,9 @@ from training.config import load_config
 from training.data import Dataset
 from training.data.raw import BuildOptions
 from training.data.synthetic import SyntheticConfig, generate
-from training.data.text import embed_texts
 from training.errors import DataError
 from training.tokenizer import TokenizerConfig, load_tokenizer
+from training.tokenizer.collaborative import tokenizer_input
 from training.tokenizer.ids import assign_unique_ids
 from training.tokenizer.train import check_inputs, supervised_levels, train
 
@@ -63,7 +63,10 @@ def test_assignment_is_deterministic_from_the_saved_model(run: tuple[Path, Path]
     data, out = run
     model, config = load_tokenizer(out)
     dataset = Dataset.load(data)
-    x = torch.from_numpy(embed_texts(dataset.item_texts(), config.encoder, data / "cache"))
+    embeddings = tokenizer_input(
+        dataset, config.encoder, config.collaborative_dims, config.collaborative_weight, data / "cache"
+    )
+    x = torch.from_numpy(embeddings)
     latents, codes = model.latents_and_codes(x)
     with torch.no_grad():
         distances = (latents - model.quantizer.codewords_from_indices(codes).sum(1)).norm(dim=-1)
@@ -85,7 +88,15 @@ def test_codes_to_codewords_to_decoder_round_trip(run: tuple[Path, Path]) -> Non
     data, out = run
     model, config = load_tokenizer(out)
     sids = torch.from_numpy(np.load(out / "sids.npy"))
-    x = torch.from_numpy(embed_texts(Dataset.load(data).item_texts(), config.encoder, data / "cache"))
+    x = torch.from_numpy(
+        tokenizer_input(
+            Dataset.load(data),
+            config.encoder,
+            config.collaborative_dims,
+            config.collaborative_weight,
+            data / "cache",
+        )
+    )
     with torch.no_grad():
         forward = model(x, torch.zeros(len(x), 3, dtype=torch.long)).reconstruction
         assert torch.allclose(model.decode_codes(sids[:, :3]), forward, atol=1e-5)
