@@ -39,7 +39,7 @@ class LoopbackCluster:
             ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
             check=True,
             capture_output=True,
-            timeout=60,
+            timeout=300,  # seconds: generous, the servers may share the CPUs with a training run
         )
         self.wait_ok()
         return self
@@ -76,7 +76,7 @@ class LoopbackCluster:
             stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=port, socket_connect_timeout=0.2)
-        for _ in range(200):
+        for _ in range(1200):  # up to a minute on a loaded machine
             try:
                 client.ping()
                 return
@@ -84,7 +84,7 @@ class LoopbackCluster:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server did not start on port {port}")
 
-    def wait_ok(self, timeout_s: float = 30.0) -> None:
+    def wait_ok(self, timeout_s: float = 120.0) -> None:
         """Until every node says ``cluster_state:ok`` (all slots served)."""
         deadline = time.monotonic() + timeout_s
         while True:
