@@ -22,7 +22,7 @@ def write_runs(tiny_run: TinyRun, root: Path) -> Path:
     save_tokenizer(
         ids,
         TrainedTokenizer(tokenizer, tiny_run.sids, {}, []),
-        TokenizerConfig(model=tokenizer.config),
+        TokenizerConfig(model=tokenizer.config, encoder="tfidf-svd:32", collaborative_dims=0),  # as tiny_run
         "test",
     )
     model_config = GeneratorConfig(**{**tiny_run.generator.config.__dict__})
