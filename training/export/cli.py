@@ -29,12 +29,13 @@ from service.explanations import fit_temperature
 from training import provenance
 from training.data import Dataset
 from training.errors import DataError
+from training.evaluate.ranking import RankingInputs, full_ranking_top
 from training.export.bundle import BundleInputs, CatalogueRow, export_bundle
+from training.generator.beam import PrefixTrie
 from training.generator.model import SidrecGenerator
 from training.generator.train import load_run
 from training.tokenizer.artifacts import load_tokenizer
 from training.tokenizer.model import HiDVAE
-from training.tokenizer.train import TokenizerConfig, held_out_items
 
 __all__ = ["add_arguments", "run"]
 
@@ -108,23 +109,34 @@ def parity(
     return worst
 
 
+#: validation users whose recommendations calibrate the tag heads (``tag_temperatures``)
+VALID_USERS = 2000
+
+
 def tag_temperatures(
-    tokenizer: HiDVAE, config: TokenizerConfig, dataset: Dataset, sids: np.ndarray
+    tokenizer: HiDVAE, generator: SidrecGenerator, ranking: str, beam: int, dataset: Dataset, sids: np.ndarray
 ) -> list[float]:
-    """One temperature per tag level, fitted on the tokenizer's held-out items (whose tags it never
-    saw) so that an explanation's confidence matches how often such a tag is right. Items of the
-    ``<unknown>`` class (path too short) are left out."""
-    rng = np.random.default_rng(config.train.seed)
-    valid = held_out_items(dataset.n_items, config.train.valid_fraction, rng)
-    codes = torch.from_numpy(sids[valid, : tokenizer.config.levels])
+    """One temperature per tag level, fitted on the items the run recommends (its own ordering, top
+    10) to ``VALID_USERS`` validation users, against their catalogue classes: the confidence an
+    explanation shows should match how often such a tag is right *on what is recommended*, and
+    recommendations favour popular items whose tags are easier than a random catalogue item's.
+    Items of the ``<unknown>`` class (path too short) are left out; the test split is never read."""
+    split = dataset.split()
+    users = np.random.default_rng(0).permutation(dataset.n_users)[:VALID_USERS]
+    table = torch.from_numpy(np.concatenate([np.zeros((1, sids.shape[1]), np.int64), sids]))
+    trie = PrefixTrie(sids, generator.config.codebook_size)
+    inputs = RankingInputs(generator, table, trie)
+    histories = [split.valid_history[u] for u in users]
+    top = full_ranking_top(inputs, histories, k=10, beam=beam, orderings=(ranking,), label="temperatures")
+    items = top[ranking][top[ranking] >= 0]
     with torch.no_grad():
-        logits = tokenizer.tag_logits_from_codes(codes)
+        logits = tokenizer.tag_logits_from_codes(torch.from_numpy(sids[items, : tokenizer.config.levels]))
     temperatures = []
     for level, level_logits in enumerate(logits):
-        labels = dataset.tag_ids[valid, level]
+        labels = dataset.tag_ids[items, level]
         known = labels > 0
         probs = level_logits.softmax(-1).numpy()[known]
-        temperatures.append(round(fit_temperature(probs, labels[known]), 4))
+        temperatures.append(round(fit_temperature(probs, labels[known]), 4) if known.any() else 1.0)
     return temperatures
 
 
@@ -158,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     metrics = {k: v for k, v in _read_json(args.run / "metrics.json").items() if k != "history"}
     metrics["tokenizer"] = {k: v for k, v in _read_json(ids_dir / "metrics.json").items() if k != "history"}
-    temperatures = tag_temperatures(tokenizer, tokenizer_config, dataset, sids)
+    temperatures = tag_temperatures(tokenizer, generator, ranking, args.beam, dataset, sids)
     metrics["tag_temperatures"] = temperatures
     configs = {
         "generator": _read_toml(args.run / "config.toml"),

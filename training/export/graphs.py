@@ -66,8 +66,9 @@ class TokenizerGraph(nn.Module):
 class TagHeadsGraph(nn.Module):
     """Explanations: generated codes (N, L) -> per-level tag probabilities [(N, C_l)].
 
-    ``temperatures`` (one per level, fitted on the tokenizer's held-out items) divide the logits, so
-    the confidence an explanation shows is calibrated; the most likely tag never changes.
+    ``temperatures`` (one per level, fitted on what the run recommends to validation users) divide
+    the logits, so the confidence an explanation shows is calibrated; the most likely tag never
+    changes.
     """
 
     def __init__(self, tokenizer: HiDVAE, temperatures: list[float] | None = None) -> None:
