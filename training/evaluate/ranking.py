@@ -85,6 +85,12 @@ def _dot_scores(inputs: RankingInputs, memory: Tensor) -> Tensor:
     return model.user_vectors(memory[:, -1]) @ model.item_table(inputs.sid_table[1:]).T
 
 
+def _encode(inputs: RankingInputs, batch: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+    """Left-padded tokens (B, T) of a batch of histories and the model's memory (B, T, d)."""
+    tokens = left_pad(batch, inputs.model.config.max_len).to(inputs.sid_table.device)
+    return tokens, inputs.model.encode(tokens, inputs.sid_table[tokens])
+
+
 def _seen(histories: list[np.ndarray], n_items: int, device: torch.device) -> Tensor:
     """(B, n_items) bool: the items of each full history (not only the encoded window)."""
     seen = torch.zeros(len(histories), n_items, dtype=torch.bool, device=device)
@@ -126,8 +132,7 @@ def full_ranking_top(
     needs_beam = bool(set(orderings) & {"beam", "reranked", "fused"})
     for idx in _batches(histories, batch_size, label):
         batch = [histories[i] for i in idx]
-        tokens = left_pad(batch, model.config.max_len).to(device)
-        memory = model.encode(tokens, inputs.sid_table[tokens])
+        tokens, memory = _encode(inputs, batch)
         seen = _seen(batch, n_items, device) if exclude_seen else None
         dot = None
         if set(orderings) & {"dot", "reranked", "fused"}:
@@ -179,8 +184,7 @@ def prefix_survival(
     alive = np.zeros((len(histories), inputs.trie.depth), bool)
     for idx in _batches(histories, batch_size, "prefix survival"):
         batch = [histories[i] for i in idx]
-        tokens = left_pad(batch, model.config.max_len).to(device)
-        memory = model.encode(tokens, inputs.sid_table[tokens])
+        tokens, memory = _encode(inputs, batch)
         result = constrained_beam_search(
             model,
             memory,
@@ -234,8 +238,7 @@ def sampled_scores(
     device = inputs.sid_table.device
     n_cand = candidates.shape[1]
     for idx in _batches(histories, batch_size, label):
-        tokens = left_pad([histories[i] for i in idx], model.config.max_len).to(device)
-        memory = model.encode(tokens, inputs.sid_table[tokens])
+        tokens, memory = _encode(inputs, [histories[i] for i in idx])
         items = torch.from_numpy(candidates[idx]).to(device)  # (B, C)
         if by_dot or not model.config.generative:
             out[idx] = _dot_scores(inputs, memory).gather(1, items).cpu().numpy()

@@ -20,14 +20,19 @@ from .test_beam import exact_scores
 N_ITEMS = 30
 
 
-def test_reorderings_match_brute_force_when_the_beam_covers_the_catalogue() -> None:
-    torch.manual_seed(2)
+def _inputs(seed: int, ids_seed: int) -> tuple[SidrecGenerator, np.ndarray, torch.Tensor, RankingInputs]:
+    """An untrained generator over random unique IDs, and what the ranking functions take."""
+    torch.manual_seed(seed)
     config = GeneratorConfig(n_items=N_ITEMS, id_length=4, codebook_size=CODEBOOK, d_model=16, max_len=6)
     model = SidrecGenerator(config).eval()
-    sids = random_unique_ids(N_ITEMS, seed=5)
+    sids = random_unique_ids(N_ITEMS, seed=ids_seed)
     table = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.from_numpy(sids)])
+    return model, sids, table, RankingInputs(model, table, PrefixTrie(sids, CODEBOOK))
+
+
+def test_reorderings_match_brute_force_when_the_beam_covers_the_catalogue() -> None:
+    model, sids, table, inputs = _inputs(seed=2, ids_seed=5)
     histories = [np.array([2, 7, 0, 19]), np.array([29]), np.array([3, 4, 5, 6, 7, 8])]
-    inputs = RankingInputs(model, table, PrefixTrie(sids, CODEBOOK))
     tops = full_ranking_top(inputs, histories, k=10, beam=N_ITEMS, orderings=ORDERINGS)
 
     with torch.no_grad():
@@ -49,12 +54,7 @@ def test_reorderings_match_brute_force_when_the_beam_covers_the_catalogue() -> N
 
 
 def test_prefix_survival_ends_at_the_beams_recall_and_never_comes_back() -> None:
-    torch.manual_seed(3)
-    config = GeneratorConfig(n_items=N_ITEMS, id_length=4, codebook_size=CODEBOOK, d_model=16, max_len=6)
-    model = SidrecGenerator(config).eval()
-    sids = random_unique_ids(N_ITEMS, seed=6)
-    table = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.from_numpy(sids)])
-    inputs = RankingInputs(model, table, PrefixTrie(sids, CODEBOOK))
+    _, _, _, inputs = _inputs(seed=3, ids_seed=6)
     rng = np.random.default_rng(0)
     histories = [rng.choice(N_ITEMS, size=int(rng.integers(1, 6)), replace=False) for _ in range(40)]
     targets = np.array([next(i for i in rng.permutation(N_ITEMS) if i not in h) for h in histories])
