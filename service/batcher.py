@@ -118,8 +118,9 @@ class MicroBatcher:
                 while len(batch) < self.max_batch_size and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 return
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            try:  # not asyncio.wait_for: in 3.11 it can swallow a cancellation that meets a result
+                async with asyncio.timeout(remaining):
+                    batch.append(await self._queue.get())
             except TimeoutError:
                 return
 

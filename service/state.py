@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import io
 import json
 import logging
 import time
 import weakref
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,35 @@ from service.store import MemoryStore, RedisStore, Store
 __all__ = ["ServiceState"]
 
 log = logging.getLogger("sidrec.service")
+
+#: seconds each part of the shutdown (fleet follower, batcher, store) may take before it is abandoned:
+#: a part that never ends (a client library's close waiting on a connection that never answers) must
+#: not keep the process, or a test's app, alive
+CLOSE_STEP_S = 5.0
+
+
+async def finish_within(name: str, work: Awaitable[None], seconds: float) -> bool:
+    """Await ``work`` for at most ``seconds``; past that cancel it, log where it was stuck, and go on.
+
+    Unlike ``asyncio.wait_for``, this never waits for the cancelled work to unwind, which is what a
+    part that swallows its cancellation would make it do for ever. Returns whether ``work`` finished.
+    """
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        task.cancel()
+        log.error(
+            "shutdown: %s did not finish in %.0f s; abandoned it where it was:\n%s",
+            name,
+            seconds,
+            stack.getvalue(),
+        )
+        return False
+    if not task.cancelled() and task.exception() is not None:
+        log.error("shutdown: %s failed", name, exc_info=task.exception())
+    return True
 
 
 def _tags(scores: list[TagScore]) -> list[TagOut]:
@@ -107,10 +138,12 @@ class ServiceState:
         return state
 
     async def close(self) -> None:
+        """Stop following the fleet, then batching, then the store (which writes out the spool), each
+        within ``CLOSE_STEP_S``: shutdown always ends, and a part that hung is named in the log."""
         if self.fleet is not None:
-            await self.fleet.stop()
-        await self.batcher.stop()
-        await self.store.close()
+            await finish_within("the fleet follower", self.fleet.stop(), CLOSE_STEP_S)
+        await finish_within("the batcher", self.batcher.stop(), CLOSE_STEP_S)
+        await finish_within("the store", self.store.close(), CLOSE_STEP_S)
         gc.unfreeze()  # the bundle is no longer needed: let the collector have it
 
     @staticmethod
