@@ -1,10 +1,17 @@
-"""schemathesis against the service's own OpenAPI description, with our two checks beside its own.
+"""schemathesis against the service's own OpenAPI description, with our three checks beside its own.
 
 Every phase and check of ``schemathesis run`` (examples, coverage, fuzzing, stateful), configured by
-the repository's ``schemathesis.toml``, plus two checks of ours: no traceback, file name or server
-path in any body, and every 4xx (but 429) names the field, header or path at fault. Used in-process
-by ``tests/service/test_openapi.py`` (a CI budget) and against a real server by
-``python -m benchmarks.reliability`` (its fuzz phase).
+the repository's ``schemathesis.toml``, plus three checks of ours: no traceback, file name or server
+path in any body; every 4xx (but 429) names the field, header or path at fault; and a 413 is only
+ever the answer to a body over ``SIDREC_MAX_BODY_BYTES``. Used in-process by
+``tests/service/test_openapi.py`` (a CI budget) and against a real server by
+``python -m benchmarks.reliability`` (its fuzz phase); ``schemathesis run`` from the repository root
+loads the same checks (``hooks`` in ``schemathesis.toml``).
+
+schemathesis.toml counts a 413 as a refusal (of a negative example) and as an acceptable answer (to a
+positive one): the schema bounds characters, the service bounds bytes, and a text of 100,000
+characters outside the BMP, each sent as a JSON surrogate pair of escapes (12 bytes), is 1.2 MB. The
+third check keeps that from hiding a 413 where the limit was not reached.
 
     report = run(lambda config: schemathesis.openapi.from_url(URL + "/openapi.json", config=config),
                  headers={"X-API-Key": KEY}, examples=50)
@@ -12,6 +19,7 @@ by ``tests/service/test_openapi.py`` (a CI budget) and against a real server by
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections import Counter
 from collections.abc import Callable
@@ -23,13 +31,28 @@ import schemathesis
 from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import events, from_schema
 
-from benchmarks.fuzz import FIELD_PREFIX, LEAK_MARKERS
+from service.settings import Settings
 
-__all__ = ["CONFIG", "FuzzReport", "every_4xx_names_its_field", "no_internals_in_the_body", "run"]
+__all__ = [
+    "CONFIG",
+    "FIELD_PREFIX",
+    "LEAK_MARKERS",
+    "FuzzReport",
+    "a_413_is_for_a_body_over_the_limit",
+    "every_4xx_names_its_field",
+    "no_internals_in_the_body",
+    "run",
+]
 
 CONFIG = Path(__file__).resolve().parents[1] / "schemathesis.toml"
+#: Texts that must never appear in a response body: traceback markers and install paths.
+LEAK_MARKERS = ("Traceback (most recent call last)", 'File "/', "site-packages", "/usr/lib/python")
+#: A 4xx ``detail`` starts with the field (or header, or path) at fault: ``history[0]: ...``.
+FIELD_PREFIX = re.compile(r"^[^\s:][^\s:]*:")
 #: server paths no body may show, besides LEAK_MARKERS (set by ``run`` for the checks below)
 _forbidden: tuple[str, ...] = ()
+#: the served SIDREC_MAX_BODY_BYTES (set by ``run``; the service's default for ``schemathesis run``)
+_max_body_bytes: int = Settings.model_fields["max_body_bytes"].default
 
 
 @schemathesis.check
@@ -55,6 +78,17 @@ def every_4xx_names_its_field(ctx: Any, response: Any, case: Any) -> bool | None
     return None
 
 
+@schemathesis.check
+def a_413_is_for_a_body_over_the_limit(ctx: Any, response: Any, case: Any) -> bool | None:
+    """413 (which schemathesis.toml counts as a refusal) only for a body over SIDREC_MAX_BODY_BYTES."""
+    if response.status_code == 413:
+        body = response.request.body
+        size = len(body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body or b"")
+        if size <= _max_body_bytes:
+            raise AssertionError(f"413 for a body of {size} bytes, within the limit of {_max_body_bytes}")
+    return None
+
+
 @dataclass
 class FuzzReport:
     requests: int = 0
@@ -71,13 +105,17 @@ def run(
     headers: dict[str, str],
     examples: int,
     forbidden: tuple[str, ...] = (),
+    max_body_bytes: int | None = None,
     report: FuzzReport | None = None,
 ) -> FuzzReport:
     """One schemathesis run: ``load(config)`` gives the schema (``from_asgi`` or ``from_url``),
-    ``headers`` go with every request, ``examples`` per operation and phase. Adds to ``report``."""
-    global _forbidden
+    ``headers`` go with every request, ``examples`` per operation and phase, ``max_body_bytes`` the
+    served SIDREC_MAX_BODY_BYTES (default: the service's default). Adds to ``report``."""
+    global _forbidden, _max_body_bytes
     _forbidden = forbidden
+    _max_body_bytes = max_body_bytes or Settings.model_fields["max_body_bytes"].default
     config = tomllib.loads(CONFIG.read_text())
+    config.pop("hooks", None)  # this module: its checks are registered already
     config["generation"] = {"max-examples": examples}
     config["headers"] = headers
     schema = load(SchemathesisConfig.from_dict(config))
