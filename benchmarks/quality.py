@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.evaluate.cli import bar_chart
+
 ROOT = Path(__file__).resolve().parents[1]
 GENERATOR_CONFIG = ROOT / "configs/generator/cpu.toml"
 TOKENIZER_CONFIG = ROOT / "configs/tokenizer/default.toml"
@@ -49,12 +51,17 @@ class Model:
     what: str = ""
 
 
+#: the baselines keep improving long after sidrec's epochs (cpu.toml): they train until the time budget
+LONG_SCHEDULE = "train.epochs=300"
+
 MODELS = {
     "sidrec": Model("tok-hidvae", [], "collaborative HiD-VAE IDs + hash IDs, H2Rec dual branch"),
-    "sasrec": Model("tok-hidvae", ["model.use_semantic=false"], "hash IDs only, dot-product head"),
+    "sasrec": Model(
+        "tok-hidvae", ["model.use_semantic=false", LONG_SCHEDULE], "hash IDs only, dot-product head"
+    ),
     "tiger": Model(
         "tok-rqvae",
-        ["model.use_hash=false", "loss.dot_weight=0", "eval.ranking=beam"],
+        ["model.use_hash=false", "loss.dot_weight=0", "eval.ranking=beam", LONG_SCHEDULE],
         "RQ-VAE text IDs, generative only (beam)",
     ),
     "hidvae": Model("tok-hidvae", ["model.use_hash=false"], "sidrec's IDs without the hash branch"),
@@ -82,6 +89,25 @@ def _stage(out: Path, command: list[str]) -> None:
     _run(command, out.with_name(out.name + ".log"))
 
 
+def _kept_rows(results: Path, names: list[str]) -> dict[str, dict]:
+    """The rows of ``names`` in an earlier ``results`` file, each marked with the run that made it."""
+    if not names:
+        return {}
+    if not results.is_file():
+        sys.exit(f"--keep {','.join(names)}: {results} does not exist")
+    earlier = json.loads(results.read_text())
+    missing = [name for name in names if name not in earlier["models"]]
+    if missing:
+        sys.exit(f"--keep: {results} has no row for {missing}")
+    origin = earlier.get("benchmark_command", earlier["command"])
+    return {name: {"kept_from": origin, **earlier["models"][name]} for name in names}
+
+
+def _flat(metrics: dict) -> dict[str, float]:
+    """A results row as the chart reads it: ``{"full": {"recall@10": x}}`` -> ``full.recall@10``."""
+    return {f"{group}.{k}": v for group in ("full", "sampled") for k, v in metrics.get(group, {}).items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.quality",
@@ -103,7 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         "--jobs", type=int, default=2, help="generators trained at once (default: %(default)s)"
     )
     parser.add_argument("--split", choices=("test", "valid"), default="test", help="split to report")
+    parser.add_argument(
+        "--keep",
+        default="",
+        help="comma list of models whose rows are carried over from the existing RESULTS file instead "
+        "of retrained (each marked with the file's command as `kept_from`)",
+    )
     args = parser.parse_args(argv)
+    kept = _kept_rows(args.results, [n.strip() for n in args.keep.split(",") if n.strip()])
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
@@ -139,11 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     print((args.work / "evaluate.log").read_text())
 
     report = json.loads(args.results.read_text())
+    if kept:  # the table and chart show every model, the kept ones too
+        report["models"].update(kept)
+        bar_chart({n: _flat(m) for n, m in report["models"].items()}, args.results.with_suffix(".png"))
     report["benchmark_command"] = "python -m benchmarks.quality " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
     report["budget_minutes"] = args.minutes
-    report["what"] = {name: MODELS[name].what for name in names}
+    report["what"] = {name: MODELS[name].what for name in [*names, *kept]}
     report["seconds"] = round(time.perf_counter() - started, 1)
     args.results.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.results}")

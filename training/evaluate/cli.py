@@ -146,7 +146,7 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _bar_chart(results: dict[str, dict[str, Any]], path: Path) -> None:
+def bar_chart(results: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,6 +207,6 @@ def run(args: argparse.Namespace) -> int:
             name: nest_metrics({k: v for k, v in m.items() if k != "history"}) for name, m in results.items()
         }
         args.results.write_text(json.dumps({"command": command, "models": models}, indent=2) + "\n")
-        _bar_chart(results, args.results.with_suffix(".png"))
+        bar_chart(results, args.results.with_suffix(".png"))
         print(f"wrote {args.results} and {args.results.with_suffix('.png')}")
     return 0
