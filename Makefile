@@ -40,5 +40,5 @@ format: $(STAMP)  ## apply ruff formatting and safe fixes
 loadtest: $(STAMP)  ## start the service on the demo bundle and load-test it (~1 min once the bundle exists)
 	PY=$(PY) BUNDLE=$(DEMO)/bundle deploy/loadtest/run_local.sh
 
-clean:  ## remove the demo artefacts (keeps .venv)
-	rm -rf artifacts runs
+clean:  ## remove the demo artefacts (keeps .venv and the training runs in runs/)
+	rm -rf artifacts

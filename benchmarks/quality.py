@@ -5,7 +5,7 @@
   python -m benchmarks.quality --data runs/beauty/data --work runs/beauty --minutes 10 \\
       --models sidrec,no-seq,no-item,no-id,text-ids --results benchmarks/results/ablation-beauty.json
 
-Runs the stages as the README documents them (``python -m training tokenizer|generator|export|
+Runs the stages as docs/OPERATIONS.md documents them (``python -m training tokenizer|generator|export|
 evaluate``), each model's generator with the same ``configs/generator/cpu.toml`` and the same time
 budget, ``--jobs`` at a time (one torch thread each), exports every generative model to a bundle and
 scores it through the service's decoder (``served``), then writes one JSON with every model (the
