@@ -2,15 +2,16 @@
 
   python -m benchmarks.quality --data runs/beauty/data --work runs/beauty \\
       --results benchmarks/results/beauty-cpu.json
-  python -m benchmarks.quality --data runs/beauty/data --work runs/beauty --minutes 10 \\
-      --models sidrec,no-seq,no-item,no-id,text-ids --results benchmarks/results/ablation-beauty.json
+  python -m benchmarks.quality --data runs/beauty/data --work runs/beauty-ablation --epochs 6 --split valid \\
+      --no-served --models sidrec,no-seq,no-item,no-id --results benchmarks/results/ablation-beauty.json
 
 Runs the stages as docs/OPERATIONS.md documents them (``python -m training tokenizer|generator|export|
 evaluate``), each model's generator with the same ``configs/generator/cpu.toml`` and the same time
 budget, ``--jobs`` at a time (one torch thread each), exports every generative model to a bundle and
 scores it through the service's decoder (``served``), then writes one JSON with every model (the
-``training evaluate --results`` shape, plus ``budget_minutes``) and its bar chart. A stage whose output
-already holds a ``metrics.json`` is reused, so an interrupted run resumes where it stopped.
+``training evaluate --results`` shape, plus ``budget_minutes`` and ``budget_epochs``) and its bar
+chart. A stage whose output already holds a ``metrics.json`` is reused, so an interrupted run resumes
+where it stopped.
 
 Models (``MODELS``): ``sidrec`` (collaborative HiD-VAE IDs, dual branch, served by the ordering
 validation picked), ``sasrec`` (hash IDs only, dot-product head with the same softmax and schedule),
@@ -126,6 +127,20 @@ def main(argv: list[str] | None = None) -> int:
         "--minutes", type=float, default=None, help="generator budget for every model (default: the config's)"
     )
     parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs for every model, the schedule fitted to them (default: the config's; the "
+        "baselines' long schedule too): the same number of updates, whatever each part costs",
+    )
+    parser.add_argument(
+        "--no-served",
+        dest="served",
+        action="store_false",
+        help="score the torch runs only, without exporting bundles: for ablations (the served "
+        "ranking equals the torch one, which the reported tables check)",
+    )
+    parser.add_argument(
         "--jobs", type=int, default=2, help="generators trained at once (default: %(default)s)"
     )
     parser.add_argument("--split", choices=("test", "valid"), default="test", help="split to report")
@@ -144,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     py = [sys.executable, "-m", "training"]
     budget = ["--set", f"train.max_minutes={args.minutes}"] if args.minutes else []
+    budget += ["--set", f"train.epochs={args.epochs}"] if args.epochs else []
     started = time.perf_counter()
 
     for tok in sorted({MODELS[n].tokenizer for n in names}):
@@ -163,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = [*py, "evaluate", "--cached", "--split", args.split, "--results", str(args.results)]
     for name in names:
         evaluate += ["--run", f"{name}={args.work / f'gen-{name}'}"]
-        if "model.use_semantic=false" in MODELS[name].overrides:
+        if "model.use_semantic=false" in MODELS[name].overrides or not args.served:
             continue  # SASRec has no ID decoder to export; its torch ranking is what it would serve
         bundle = args.work / f"bundle-{name}"
         _stage(bundle, [*py, "export", "--run", str(args.work / f"gen-{name}"), "--out", str(bundle)])
@@ -179,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv
     )
     report["budget_minutes"] = args.minutes
+    report["budget_epochs"] = args.epochs
     report["what"] = {name: MODELS[name].what for name in [*names, *kept]}
     report["seconds"] = round(time.perf_counter() - started, 1)
     args.results.write_text(json.dumps(report, indent=2) + "\n")
