@@ -13,13 +13,15 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service.app import create_app
 from service.settings import Settings
@@ -39,40 +41,93 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_redis_server(port: int, workdir: Path, persistent: bool = False) -> subprocess.Popen[bytes]:
-    """A throw-away redis-server on ``port``; waits until it answers.
+#: the file in a server's ``workdir`` that its log goes to
+LOG_NAME = "redis.log"
+
+
+def require_binaries(*names: str, reason: str) -> None:
+    """Skips the calling test or fixture where one of ``names`` is not on ``PATH``; in CI (``CI`` set)
+    that is a failure instead, so a CI machine never passes by skipping the real-server tests."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if not missing:
+        return
+    message = f"{reason}: no {' / '.join(missing)} on PATH"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI needs it; .ci/run installs it)")
+    pytest.skip(message)
+
+
+def log_tail(workdir: Path, lines: int = 20) -> str:
+    """The last ``lines`` of the log of the redis-server started on ``workdir``, for error messages."""
+    log = workdir / LOG_NAME
+    text = log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else ["(no log)"]
+    return "\n".join(f"  {line}" for line in text)
+
+
+def probe_client(port: int) -> redis.Redis:
+    """A client for polling a local server until it is ready: one try per call and 1 s timeouts, so a
+    call to a port that accepts but never answers returns soon; the polling loop is the retry."""
+    return redis.Redis(port=port, socket_connect_timeout=1.0, socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
+
+
+def start_redis_server(
+    port: int,
+    workdir: Path,
+    persistent: bool = False,
+    *,
+    options: Sequence[str] = (),
+    timeout_s: float = 60.0,
+) -> subprocess.Popen[bytes]:
+    """A throw-away redis-server on ``port``, logging to ``workdir``; waits until it answers.
 
     ``persistent``: an append-only file in ``workdir`` fsynced on every write, as compose and k8s
     run Redis (there with ``everysec``), so a restart on the same ``workdir`` keeps the data.
+    ``options``: more ``redis-server`` arguments (a cluster node's). ``timeout_s`` is generous: the
+    server may share the CPUs with a training run. A server that exits or does not answer in time is
+    killed, and the error carries its log's tail.
     """
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if persistent else "no",
-            "--appendfsync",
-            "always",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    for _ in range(100):
-        try:
-            client.ping()
-            return process
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"redis-server did not start on port {port}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    with (workdir / LOG_NAME).open("ab") as log:  # its stderr too: what it says before it opens the log
+        process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if persistent else "no",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(workdir),
+                "--logfile",
+                str(workdir / LOG_NAME),
+                *options,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    client = probe_client(port)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                client.ping()
+                return process
+            except (redis.ConnectionError, redis.TimeoutError):  # or loading its append-only file
+                time.sleep(0.05)
+    finally:
+        client.close()
+    if process.poll() is None:
+        problem = f"did not answer within {timeout_s:g} s"
+        process.kill()
+    else:
+        problem = f"exited with code {process.returncode}"
+    process.wait()
+    raise RuntimeError(f"redis-server on port {port} {problem}; its log ends:\n{log_tail(workdir)}")
 
 
 @dataclass
@@ -90,10 +145,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     except redis.ConnectionError:
         pass
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("no Redis at 127.0.0.1:6379 and no redis-server binary: CI needs a real Redis")
-        pytest.skip("no Redis at 127.0.0.1:6379 and no redis-server binary to start one")
+    require_binaries("redis-server", reason="no Redis at 127.0.0.1:6379 and none to start")
     port = free_port()
     process = start_redis_server(port, tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/13"

@@ -1,9 +1,19 @@
 """A real three-master Redis Cluster on loopback for the tests: ``redis-server --cluster-enabled yes``
-on three free ports, joined by ``redis-cli --cluster create``; a master can be killed and started
-again on its own folder (append-only file fsynced on every write, so it comes back with its data)."""
+on three ports from ``NODE_PORTS``, joined by ``redis-cli --cluster create``; a master can be killed
+and started again on its own folder (append-only file fsynced on every write, so it comes back with
+its data).
+
+A cluster node also listens on its bus port, its port + 10000. So the nodes' ports do not come from
+``free_port()``: an ephemeral port above 55535 has no bus port at all (the node exits), and a bus port
+in the ephemeral range can be taken by any outgoing connection before the node binds it, or before a
+killed node is started again on the same port.
+"""
 
 from __future__ import annotations
 
+import atexit
+import random
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -11,12 +21,45 @@ from pathlib import Path
 
 import redis
 
-from tests.service.conftest import free_port
+from tests.service.conftest import log_tail, probe_client, start_redis_server
 
-__all__ = ["LoopbackCluster"]
+__all__ = ["NODE_PORTS", "LoopbackCluster", "node_ports"]
 
+#: what Redis adds to a node's port for its cluster bus port
+BUS_OFFSET = 10000
+#: where nodes' ports are drawn from: port and bus port both below Linux's ephemeral range (32768-60999)
+NODE_PORTS = range(11000, 32768 - BUS_OFFSET)
 #: milliseconds before the cluster takes a silent master for failed; short so a test waits little
 NODE_TIMEOUT_MS = 1000
+#: hash slots in every Redis Cluster
+SLOTS = 16384
+#: seconds: generous, the servers may share the CPUs with a training run
+STARTUP_S = 120.0
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def node_ports(count: int) -> list[int]:
+    """``count`` random ports from ``NODE_PORTS`` whose ports and bus ports are all free and distinct."""
+    chosen: list[int] = []
+    taken: set[int] = set()
+    for _ in range(1000):
+        port = random.choice(NODE_PORTS)
+        pair = {port, port + BUS_OFFSET}
+        if pair & taken or not all(_bindable(p) for p in pair):
+            continue
+        chosen.append(port)
+        taken |= pair
+        if len(chosen) == count:
+            return chosen
+    raise RuntimeError(f"no {count} free port pairs (port, port + {BUS_OFFSET}) in {NODE_PORTS}")
 
 
 @dataclass
@@ -31,72 +74,81 @@ class LoopbackCluster:
         return f"redis+cluster://127.0.0.1:{self.ports[0]}"
 
     def start(self, masters: int = 3) -> LoopbackCluster:
-        self.ports = [free_port() for _ in range(masters)]
-        for port in self.ports:
-            self.start_node(port)
-        nodes = [f"127.0.0.1:{port}" for port in self.ports]
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=300,  # seconds: generous, the servers may share the CPUs with a training run
-        )
-        self.wait_ok()
+        """Starts and joins the nodes; whatever goes wrong, no node is left running."""
+        self.ports = node_ports(masters)
+        atexit.register(self.stop)  # a session that ends without its fixture's teardown
+        try:
+            for port in self.ports:
+                self.start_node(port)
+            nodes = [f"127.0.0.1:{port}" for port in self.ports]
+            create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+            joined = subprocess.run(create, capture_output=True, text=True, timeout=STARTUP_S)
+            if joined.returncode != 0:
+                raise RuntimeError(
+                    f"redis-cli --cluster create exited with {joined.returncode}:\n"
+                    f"{joined.stdout}{joined.stderr}{self.logs()}"
+                )
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def start_node(self, port: int) -> None:
-        folder = self.workdir / str(port)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.processes[port] = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
+        self.processes[port] = start_redis_server(
+            port,
+            self.workdir / str(port),
+            persistent=True,
+            timeout_s=STARTUP_S,
+            options=[
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
                 str(NODE_TIMEOUT_MS),
+                "--cluster-announce-ip",
+                "127.0.0.1",
                 # the live masters keep serving their slots while one is down
                 "--cluster-require-full-coverage",
                 "no",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(folder),
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=port, socket_connect_timeout=0.2)
-        for _ in range(1200):  # up to a minute on a loaded machine
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {port}")
 
-    def wait_ok(self, timeout_s: float = 120.0) -> None:
-        """Until every node says ``cluster_state:ok`` (all slots served)."""
+    def wait_ok(self, timeout_s: float = STARTUP_S) -> None:
+        """Until every node says ``cluster_state:ok``, knows every node and sees all slots assigned
+        and none on a failed master."""
+        want = {"cluster_state": "ok", "cluster_known_nodes": str(len(self.ports))}
+        want |= {"cluster_slots_assigned": str(SLOTS), "cluster_slots_ok": str(SLOTS)}
         deadline = time.monotonic() + timeout_s
+        seen: dict[int, str] = {}
         while True:
-            try:
-                states = [redis.Redis(port=p).cluster("info")["cluster_state"] for p in self.ports]
-                if all(s == "ok" for s in states):
-                    return
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the loopback cluster did not become ok")
+            for port in self.ports:
+                seen[port] = self._state(port, want)
+            if all(state == "ok" for state in seen.values()):
+                return
+            exited = {port: p.returncode for port, p in self.processes.items() if p.poll() is not None}
+            if exited or time.monotonic() > deadline:
+                problem = f"nodes exited: {exited}" if exited else f"not within {timeout_s:g} s"
+                states = "; ".join(f"{port}: {state}" for port, state in seen.items())
+                raise RuntimeError(f"the loopback cluster is not ok ({problem}): {states}{self.logs()}")
             time.sleep(0.1)
+
+    @staticmethod
+    def _state(port: int, want: dict[str, str]) -> str:
+        """``ok``, or what in the node's ``CLUSTER INFO`` differs from ``want``, or why it did not answer."""
+        client = probe_client(port)
+        try:
+            info = client.cluster("info")
+        except redis.RedisError as error:
+            return f"{type(error).__name__}: {error}"
+        finally:
+            client.close()
+        wrong = [f"{key}:{info.get(key)}" for key, value in want.items() if info.get(key) != value]
+        return ", ".join(wrong) or "ok"
+
+    def logs(self) -> str:
+        return "".join(f"\nlog of node {port}:\n{log_tail(self.workdir / str(port))}" for port in self.ports)
 
     def kill(self, port: int) -> None:
         """SIGKILL one master: what a crashed machine looks like to the others."""
@@ -108,7 +160,15 @@ class LoopbackCluster:
         return redis.RedisCluster(host="127.0.0.1", port=self.ports[0])
 
     def stop(self) -> None:
-        for port in list(self.processes):
-            process = self.processes.pop(port)
+        """Ends every node still running (SIGTERM, SIGKILL past 10 s); safe to call twice."""
+        atexit.unregister(self.stop)
+        processes = list(self.processes.values())
+        self.processes.clear()
+        for process in processes:
             process.terminate()
-            process.wait(10)
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
