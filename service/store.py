@@ -435,7 +435,15 @@ class RedisStore:
             )
 
         status, text = await self._call(allocate, refuse)
-        if status == 1:
+        existing = text.decode() if isinstance(text, bytes) else str(text)
+        # The same registration found already done is its own earlier attempt (the client library
+        # retries a command whose reply timed out): answer with what that attempt allocated.
+        retried = (
+            existing.startswith(head)
+            and existing.endswith(tail)
+            and existing[len(head) : -len(tail)].isdigit()
+        )
+        if status == 1 and not retried:
             raise InvalidRequest(f"item_id: {row['item_id']!r} is already in the catalogue")
         if status == 2:
             raise InvalidRequest(f"embedding: all {codebook_size} IDs under {row['codes']} are taken")

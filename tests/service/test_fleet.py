@@ -3,6 +3,7 @@ histories and the bundle (``service.fleet``, the store's ``REGISTER_ITEM``)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 import time
@@ -13,10 +14,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.errors import InvalidRequest
+from service.metrics import ServiceMetrics
 from service.state import ServiceState
+from service.store import RedisStore
 from tests.service.conftest import API_KEY, RedisTarget, settings_for
 from tests.training.export.tiny_run import TinyRun
 
@@ -182,3 +187,26 @@ def service_id(bundle: Path) -> str:
     import json
 
     return str(json.loads((bundle / "manifest.json").read_text())["bundle_id"])
+
+
+def test_a_registration_retried_after_a_lost_reply_gets_its_own_id(redis_target: RedisTarget) -> None:
+    """The client library retries a command whose reply timed out; the retry finds the item it has just
+    registered and must answer with that ID, while a different item under a taken id stays refused."""
+    row = {"item_id": "retried", "title": "new", "category_path": [], "tags": [], "codes": [3, 5]}
+
+    async def scenario() -> tuple[dict, dict]:
+        store = RedisStore(redis_target.url, redis_target.prefix, 50, ServiceMetrics())
+        await store.start("b", {"sids": b"x"})
+        try:
+            first = await store.register_item("b", row, taken=[0], codebook_size=8)
+            again = await store.register_item("b", row, taken=[0], codebook_size=8)
+            with pytest.raises(InvalidRequest, match="already in the catalogue"):
+                await store.register_item("b", {**row, "title": "another item"}, taken=[0], codebook_size=8)
+            with pytest.raises(InvalidRequest, match="already in the catalogue"):
+                await store.register_item("b", {**row, "codes": [3, 6]}, taken=[0], codebook_size=8)
+        finally:
+            await store.close()
+        return first, again
+
+    first, again = asyncio.run(scenario())
+    assert first == again and first["codes"] == [3, 5, 1]
