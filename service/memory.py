@@ -5,9 +5,9 @@ the self-attention cache). glibc's allocator serves blocks that large with fresh
 returns them on ``free``, so each batch page-faults its working set in again: measured on Beauty
 (batch 64, beam 20, one core) that was about a sixth of a batch's time (``python -m
 benchmarks.serving``; docs/RESULTS.md "Serving speed"). ``tune_allocator`` keeps such blocks in the
-heap, where freed memory is reused; the heap's high-water mark is bounded by the largest batch, so memory does
-not grow (the reliability soak watches the RSS). ``freeze_heap`` keeps the collector off the
-bundle's long-lived objects.
+heap, where freed memory is reused; the heap's high-water mark is bounded by the largest batch, so
+memory does not grow (the reliability soak watches the RSS). ``freeze_heap`` keeps the collector off
+the bundle's long-lived objects.
 """
 
 from __future__ import annotations
