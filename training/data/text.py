@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -22,11 +23,14 @@ from training.errors import ConfigError, DataError
 
 __all__ = [
     "DEFAULT_ENCODER",
+    "TFIDF_SVD_FIELDS",
     "SentenceTransformerEncoder",
     "TextEncoder",
     "TfidfSvdEncoder",
+    "TfidfSvdFit",
     "cache_key",
     "embed_texts",
+    "fit_tfidf_svd",
     "make_encoder",
 ]
 
@@ -39,6 +43,20 @@ class TextEncoder(Protocol):
     spec: str
 
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class TfidfSvdFit:
+    """A ``TfidfSvdEncoder`` fitted on a corpus: the corpus's embeddings, and the fit as plain arrays
+    (``TFIDF_SVD_FIELDS``), all that embeds a new text the same way (``service.text_encoder``)."""
+
+    embeddings: np.ndarray  # float32 (N, dim), unit rows
+    arrays: dict[str, np.ndarray]
+
+
+#: the arrays of a ``TfidfSvdFit``: vocabularies and idf of both analysers, the SVD components
+#: (rank, F_w + F_c) float32 with the sign fixed for each, and the output dimension
+TFIDF_SVD_FIELDS = ("word_vocab", "word_idf", "char_vocab", "char_idf", "components", "signs", "dim")
 
 
 class TfidfSvdEncoder:
@@ -57,6 +75,10 @@ class TfidfSvdEncoder:
         self.spec = f"tfidf-svd:{dim}"
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.fit(texts).embeddings
+
+    def fit(self, texts: Sequence[str]) -> TfidfSvdFit:
+        """Fit on ``texts``: their embeddings and the arrays that embed any text alike."""
         from scipy.sparse import hstack
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -66,9 +88,11 @@ class TfidfSvdEncoder:
         words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
         chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 4), sublinear_tf=True, min_df=2)
         blocks = [words.fit_transform(texts)]
+        char_vocab, char_idf = np.array([], dtype=str), np.zeros(0)
         # min_df=2 can leave no character n-gram in a tiny corpus: words alone will do then.
         with contextlib.suppress(ValueError):
             blocks.append(chars.fit_transform(texts))
+            char_vocab, char_idf = chars.get_feature_names_out().astype(str), chars.idf_
         features = hstack(blocks).tocsr()  # (N, F) sparse
         out = np.zeros((len(texts), self.dim), dtype=np.float32)  # (N, dim)
         rank = min(self.dim, features.shape[0] - 1, features.shape[1] - 1)
@@ -77,12 +101,24 @@ class TfidfSvdEncoder:
             reduced = svd.fit_transform(features)  # (N, rank)
             # Fix each component's sign so that the result does not depend on the solver's choice.
             signs = np.sign(reduced[np.abs(reduced).argmax(axis=0), np.arange(rank)])
-            out[:, :rank] = reduced * np.where(signs == 0, 1.0, signs)
-        else:
-            dense = features.toarray()
-            out[:, : min(self.dim, dense.shape[1])] = dense[:, : self.dim]
+            signs = np.where(signs == 0, 1.0, signs)
+            out[:, :rank] = reduced * signs
+            components = svd.components_
+        else:  # a corpus too small for an SVD: the features themselves, cut to ``dim``
+            width = min(self.dim, features.shape[1])
+            out[:, :width] = features[:, :width].toarray()
+            components, signs = np.eye(width, features.shape[1]), np.ones(width)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+        arrays = {
+            "word_vocab": words.get_feature_names_out().astype(str),
+            "word_idf": words.idf_,
+            "char_vocab": char_vocab,
+            "char_idf": char_idf,
+            "components": components.astype(np.float32),  # (rank, F): most of the bytes
+            "signs": signs,
+            "dim": np.array(self.dim),
+        }
+        return TfidfSvdFit(np.divide(out, norms, out=np.zeros_like(out), where=norms > 0), arrays)
 
 
 class SentenceTransformerEncoder:
@@ -139,22 +175,60 @@ def cache_key(texts: Sequence[str], encoder_spec: str) -> str:
     return digest.hexdigest()
 
 
+def _cache_paths(cache_dir: Path, texts: Sequence[str], spec: str) -> tuple[Path, Path]:
+    """Where the embeddings (``.npy``) and, for TF-IDF + SVD, the fit's arrays (``.npz``) are cached."""
+    stem = Path(cache_dir) / cache_key(texts, spec)
+    return stem.with_suffix(".npy"), stem.with_suffix(".fit.npz")
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    write(tmp)
+    tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
+
+
+def _save_embeddings(path: Path, embeddings: np.ndarray) -> None:
+    _write_atomic(path, lambda tmp: np.save(tmp, embeddings, allow_pickle=False))
+
+
 def embed_texts(
     texts: Sequence[str], encoder_spec: str = DEFAULT_ENCODER, cache_dir: Path | None = None
 ) -> np.ndarray:
-    """Embeddings float32 (N, dim) of ``texts``, read from / written to ``cache_dir`` when given."""
+    """Embeddings float32 (N, dim) of ``texts``, read from / written to ``cache_dir`` when given (for
+    TF-IDF + SVD with the fit's arrays beside them: ``fit_tfidf_svd`` reads them back)."""
     encoder = make_encoder(encoder_spec)
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{cache_key(texts, encoder.spec)}.npy"
+        path = _cache_paths(cache_dir, texts, encoder.spec)[0]
         if path.is_file():
             cached = np.load(path, allow_pickle=False)
             if cached.shape[0] == len(texts):
                 return cached
+    if isinstance(encoder, TfidfSvdEncoder):
+        return fit_tfidf_svd(texts, encoder, cache_dir).embeddings
     embeddings = np.ascontiguousarray(encoder.encode(texts), dtype=np.float32)  # (N, dim)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, embeddings, allow_pickle=False)
-        tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
+        _save_embeddings(path, embeddings)
     return embeddings
+
+
+def fit_tfidf_svd(
+    texts: Sequence[str], encoder: TfidfSvdEncoder, cache_dir: Path | None = None
+) -> TfidfSvdFit:
+    """``encoder`` fitted on ``texts``, read from ``cache_dir`` when an earlier fit on the same texts
+    left it there (``embed_texts`` does), else fitted and, with a ``cache_dir``, left there. The
+    export reads the tokenizer's fit back so: on a large catalogue the fit is minutes."""
+    paths = _cache_paths(cache_dir, texts, encoder.spec) if cache_dir is not None else None
+    if paths is not None and all(path.is_file() for path in paths):
+        embeddings = np.load(paths[0], allow_pickle=False)
+        with np.load(paths[1], allow_pickle=False) as data:
+            arrays = {name: data[name] for name in TFIDF_SVD_FIELDS if name in data}
+        if embeddings.shape[0] == len(texts) and len(arrays) == len(TFIDF_SVD_FIELDS):
+            return TfidfSvdFit(embeddings, arrays)
+    fitted = encoder.fit(texts)
+    fitted = TfidfSvdFit(np.ascontiguousarray(fitted.embeddings, dtype=np.float32), fitted.arrays)
+    if paths is not None:
+        _write_atomic(paths[1], lambda tmp: np.savez(tmp, **fitted.arrays))  # type: ignore[arg-type]
+        _save_embeddings(paths[0], fitted.embeddings)  # last: its presence means both are whole
+    return fitted

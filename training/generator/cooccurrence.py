@@ -35,8 +35,11 @@ def pair_counts(sequences: list[np.ndarray], window: int) -> tuple[np.ndarray, n
         seconds += [b[keep], a[keep]]
     i = np.concatenate(firsts) if firsts else np.zeros(0, np.int64)
     j = np.concatenate(seconds) if seconds else np.zeros(0, np.int64)
-    pairs, counts = np.unique(np.stack([i, j], 1), axis=0, return_counts=True)
-    return pairs[:, 0], pairs[:, 1], counts
+    # One int64 key per pair, sorted as the (i, j) rows would be: a 1-D unique is several times
+    # faster than a row-wise one on the tens of millions of pairs of a 10^6-item catalogue.
+    width = int(flat.max(initial=0)) + 1
+    keys, counts = np.unique(i.astype(np.int64) * width + j, return_counts=True)
+    return keys // width, keys % width, counts
 
 
 def alignment_positives(

@@ -64,11 +64,18 @@ class TrainConfig:
     #: wall-clock budget for training in minutes (0 = none): the epoch that crosses it is validated
     #: and training stops, so a config can promise "<= 60 min on this machine"
     max_minutes: float = 0.0
+    #: optimiser steps after which training stops (0 = none), mid-epoch: the cut epoch is validated.
+    #: Bounds a run whose single epoch is already too long (benchmarks/scale.py at 10^6 items)
+    max_steps: int = 0
     #: torch intra-op threads; 1 is fastest on small shared CPUs (2 threads spin against other work)
     threads: int = 1
     seed: int = 0
     #: share of training spent warming the learning rate up linearly; then it follows a cosine to 0
     warmup: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 0:
+            raise ConfigError(f"train.max_steps must be >= 0 (0 = no cap), got {self.max_steps}")
 
 
 def learning_rate_factor(progress: float, warmup: float) -> float:
@@ -219,7 +226,6 @@ def train_generator(
     config: GeneratorRunConfig,
     *,
     out_dir: Path | None = None,
-    max_steps: int | None = None,
 ) -> TrainedRun:
     """Train on ``dataset.split().train``; select by validation NDCG@10; rank 0 writes ``out_dir``."""
     rank, world = _distributed()
@@ -264,14 +270,18 @@ def train_generator(
     stale, step = 0, 0
     start = time.perf_counter()
     n_batches = max(1, len(chunks) // config.train.batch_size // world)
+    max_steps = config.train.max_steps
     total_steps = n_batches * config.train.epochs
+    if max_steps:
+        total_steps = min(total_steps, max_steps)  # the learning rate anneals within the cap
     budget_seconds = 60 * config.train.max_minutes
     lengths = (chunks > 0).sum(1)
     for epoch in range(1, config.train.epochs + 1):
         model.train()
         batches = length_bucketed_batches(lengths, config.train.batch_size, generator)
         batches = batches[: len(batches) // world * world][rank::world]  # as many on every rank
-        totals: dict[str, float] = {}
+        totals: dict[str, float] = {}  # summed over the epoch's steps
+        epoch_start = step
         bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None if rank == 0 else True)
         for rows in bar:
             batch = chunks[rows].to(device)
@@ -293,16 +303,18 @@ def train_generator(
             total.backward()
             optimizer.step()
             for name, value in parts.items():
-                totals[name] = totals.get(name, 0.0) + value / len(batches)
+                totals[name] = totals.get(name, 0.0) + value
             bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
             step += 1
-            if max_steps is not None and step >= max_steps:
+            if step == max_steps:
                 break
-        record: dict[str, float] = {"epoch": epoch, **{f"loss.{k}": v for k, v in totals.items()}}
+        steps = max(1, step - epoch_start)  # fewer than len(batches) in an epoch cut by max_steps
+        record: dict[str, float] = {"epoch": epoch, **{f"loss.{k}": v / steps for k, v in totals.items()}}
         stop = torch.zeros(1)
         budget = config.train.max_minutes
         out_of_time = budget > 0 and time.perf_counter() - start > 60 * budget
-        last = epoch == config.train.epochs or out_of_time
+        capped = step == max_steps
+        last = epoch == config.train.epochs or out_of_time or capped
         if rank == 0 and (epoch % config.train.eval_every == 0 or last):
             scores = validate(inputs, valid_histories, valid_targets, config.eval)
             record.update({f"valid.{k}": v for k, v in scores.items()})
@@ -311,12 +323,10 @@ def train_generator(
                 stale = 0
             else:
                 stale += 1
-            stop[0] = float(stale >= config.train.patience or out_of_time)
+            stop[0] = float(stale >= config.train.patience or out_of_time or capped)
             tqdm.write(_format_record(record))
             sys.stdout.flush()  # a log file sees each validation as it happens
         history.append(record)
-        if max_steps is not None and step >= max_steps:
-            stop[0] = 1.0
         if world > 1:
             dist.broadcast(stop, 0)
         if stop[0] > 0:
@@ -332,6 +342,7 @@ def train_generator(
     metrics: dict[str, Any] = {
         "prefix_survival": survival,
         "train_seconds": round(train_seconds, 1),
+        "steps": step,
         "best_epoch": best["epoch"],
         "valid.ndcg@10": best["ndcg@10"],
         "valid_users": len(valid_users),

@@ -83,38 +83,76 @@ def assign_unique_ids(
     moving = moving[np.lexsort((rank[moving], *codes[moving].T[::-1]))]  # by tuple, then rank
     staying = rank < codebook_size
     occupancy: Counter[tuple[int, ...]] = Counter(map(tuple, codes[staying].tolist()))
+    full = _FullTuples(levels, codebook_size)
+    for key, count in occupancy.items():
+        if count == codebook_size:
+            full.add(key)
     preferred = spill_order(moving) if spill_order is not None else None  # (n_moving, K)
     for row, item in enumerate(moving.tolist()):
         tuple_ = codes[item].tolist()
-        last = tuple_[-1]
-        candidates = (
-            preferred[row].tolist()
-            if preferred is not None
-            else [(last + step) % codebook_size for step in range(1, codebook_size)]
-        )
-        target = next(
-            (key for c in candidates if occupancy[key := (*tuple_[:-1], int(c))] < codebook_size), None
-        )
+        target = None
+        if not full.whole_prefix(tuple_[:-1]):  # else every candidate below would be full
+            last = tuple_[-1]
+            candidates = (
+                preferred[row].tolist()
+                if preferred is not None
+                else [(last + step) % codebook_size for step in range(1, codebook_size)]
+            )
+            target = next(
+                (key for c in candidates if occupancy[key := (*tuple_[:-1], int(c))] < codebook_size), None
+            )
         if target is None:
-            target = _next_free(tuple_, occupancy, codebook_size)
+            target = full.next_free(tuple_)
         codes[item] = target
         rank[item] = occupancy[target]
         occupancy[target] += 1
+        if occupancy[target] == codebook_size:
+            full.add(target)
     return np.concatenate([codes, rank[:, None]], axis=1)
 
 
-def _next_free(start: list[int], occupancy: Counter[tuple[int, ...]], k: int) -> tuple[int, ...]:
-    """The first tuple after ``start`` in code order (wrapping) with fewer than ``k`` items."""
-    levels = len(start)
-    value = 0
-    for code in start:
-        value = value * k + code
-    for step in range(1, k**levels):
-        rest, digits = (value + step) % k**levels, []
-        for _ in range(levels):
-            rest, digit = divmod(rest, k)
+class _FullTuples:
+    """The code tuples holding ``k`` items, for the search of the next one with room.
+
+    Tuples only ever fill up, so each full tuple points to a later tuple with every tuple in between
+    full, and a search follows those pointers and shortens them (path compression) instead of walking
+    a run of full tuples again for every item that must cross it: that walk made the resolution
+    quadratic where a catalogue's codes crowd into a few prefixes (200,000 items on one prefix:
+    40 s, twice as many items, six times as long).
+    """
+
+    def __init__(self, levels: int, k: int) -> None:
+        self.levels, self.k, self.size = levels, k, k**levels
+        self.after: dict[int, int] = {}  # full tuple (its rank in code order) -> a later one
+        self.in_prefix: Counter[tuple[int, ...]] = Counter()  # full tuples under each prefix
+
+    def add(self, key: tuple[int, ...]) -> None:
+        value = self._value(key)
+        self.after[value] = (value + 1) % self.size
+        self.in_prefix[key[:-1]] += 1
+
+    def whole_prefix(self, prefix: list[int]) -> bool:
+        """Whether all ``k`` tuples under ``prefix`` are full."""
+        return self.in_prefix[tuple(prefix)] == self.k
+
+    def next_free(self, start: list[int]) -> tuple[int, ...]:
+        """The first tuple after ``start`` in code order (wrapping) with fewer than ``k`` items."""
+        value, crossed = (self._value(start) + 1) % self.size, []
+        while value in self.after:
+            crossed.append(value)
+            if len(crossed) >= self.size:
+                raise ConfigError("no free semantic ID left: raise model.codebook_size or model.levels")
+            value = self.after[value]
+        for full in crossed:
+            self.after[full] = value
+        digits = []
+        for _ in range(self.levels):
+            value, digit = divmod(value, self.k)
             digits.append(digit)
-        key = tuple(digits[::-1])
-        if occupancy[key] < k:
-            return key
-    raise ConfigError("no free semantic ID left: raise model.codebook_size or model.levels")
+        return tuple(digits[::-1])
+
+    def _value(self, key: tuple[int, ...] | list[int]) -> int:
+        value = 0
+        for code in key:
+            value = value * self.k + code
+        return value

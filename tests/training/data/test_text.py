@@ -3,7 +3,14 @@ import importlib.util
 import numpy as np
 import pytest
 
-from training.data.text import cache_key, embed_texts, make_encoder
+from training.data.text import (
+    TFIDF_SVD_FIELDS,
+    TfidfSvdEncoder,
+    cache_key,
+    embed_texts,
+    fit_tfidf_svd,
+    make_encoder,
+)
 from training.errors import ConfigError, DataError
 
 TEXTS = [
@@ -58,3 +65,18 @@ def test_errors():
 def test_sentence_transformers_missing_is_a_clear_error():
     with pytest.raises(ConfigError, match="sentence-transformers"):
         embed_texts(TEXTS, "st:all-MiniLM-L6-v2")
+
+
+def test_a_tfidf_fit_is_cached_beside_its_embeddings_and_read_back(tmp_path):
+    encoder = TfidfSvdEncoder(8)
+    embeddings = embed_texts(TEXTS, "tfidf-svd:8", cache_dir=tmp_path)
+    fresh = encoder.fit(TEXTS)
+    np.testing.assert_array_equal(embeddings, fresh.embeddings)
+    cached = fit_tfidf_svd(TEXTS, encoder, tmp_path)
+    assert sorted(cached.arrays) == sorted(TFIDF_SVD_FIELDS)
+    for name in TFIDF_SVD_FIELDS:
+        np.testing.assert_array_equal(cached.arrays[name], fresh.arrays[name])
+    np.save(tmp_path / f"{cache_key(TEXTS, 'tfidf-svd:8')}.npy", embeddings + 1.0, allow_pickle=False)
+    again = fit_tfidf_svd(TEXTS, encoder, tmp_path)  # read back, not fitted a second time
+    np.testing.assert_array_equal(again.embeddings, embeddings + 1.0)
+    assert cached.arrays["components"].shape[0] == 5  # the SVD's rank: 6 texts - 1

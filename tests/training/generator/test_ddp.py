@@ -23,10 +23,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     shop = generate(SyntheticConfig(n_items=120, n_users=150, seed=5))
     config = GeneratorRunConfig(
-        train=TrainConfig(epochs=1, batch_size=32, seed=3), eval=EvalConfig(valid_users=20, beam=10)
+        train=TrainConfig(epochs=1, batch_size=32, seed=3, max_steps=1),
+        eval=EvalConfig(valid_users=20, beam=10),
     )
     config.model.d_model, config.model.max_len = 16, 8
-    trained = train_generator(shop, random_unique_ids(shop.n_items), CODEBOOK, config, max_steps=1)
+    trained = train_generator(shop, random_unique_ids(shop.n_items), CODEBOOK, config)
     torch.save(trained.model.state_dict(), Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 

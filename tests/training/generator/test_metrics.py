@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from training.evaluate.metrics import ranking_metrics, sampled_ranks, target_ranks
 from training.evaluate.ranking import sample_negatives
-from training.generator.cooccurrence import alignment_positives
+from training.generator.cooccurrence import alignment_positives, pair_counts
 
 
 def test_ranking_metrics_hand_computed() -> None:
@@ -49,3 +50,19 @@ def test_alignment_positives_pmi_window_and_tuples() -> None:
     assert (found.neighbours[3] == -1).all() and (found.neighbours[5] == -1).all()
     assert ((found.weights[found.neighbours >= 0] >= 0.3) & (found.weights[found.neighbours >= 0] <= 1)).all()
     assert found.tuple_ids[0] == found.tuple_ids[1] and found.tuple_ids[2] != found.tuple_ids[3]
+
+
+def test_pair_counts_are_the_sorted_counts_of_every_pair_within_the_window() -> None:
+    rng = np.random.default_rng(1)
+    sequences = [rng.integers(0, 30, rng.integers(1, 12)) for _ in range(60)]
+    expected: Counter[tuple[int, int]] = Counter()
+    for sequence in sequences:
+        for a in range(len(sequence)):
+            for b in range(a + 1, min(a + 4, len(sequence))):
+                if sequence[a] != sequence[b]:
+                    expected[int(sequence[a]), int(sequence[b])] += 1
+                    expected[int(sequence[b]), int(sequence[a])] += 1
+    i, j, counts = pair_counts(sequences, window=3)
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == sorted(expected)  # (i, j) ascending
+    assert counts.tolist() == [expected[pair] for pair in sorted(expected)]
+    assert [a.size for a in pair_counts([np.array([4])], window=3)] == [0, 0, 0]

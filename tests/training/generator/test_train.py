@@ -6,16 +6,24 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from training.__main__ import main
 from training.config import load_config
 from training.data import Dataset
+from training.errors import ConfigError
 from training.evaluate.report import MAIN_METRICS
 from training.generator.cooccurrence import alignment_positives
 from training.generator.losses import GeneratorObjective, LossConfig, PositiveTables
 from training.generator.model import GeneratorConfig, SidrecGenerator
-from training.generator.train import GeneratorRunConfig, training_chunks
+from training.generator.train import (
+    EvalConfig,
+    GeneratorRunConfig,
+    TrainConfig,
+    train_generator,
+    training_chunks,
+)
 
 from .conftest import CODEBOOK, random_unique_ids
 
@@ -52,6 +60,20 @@ def test_loss_decreases_on_a_fixed_batch(shop: Dataset) -> None:
         optimizer.step()
         losses.append(float(total))
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_max_steps_stops_mid_epoch_and_validates_the_cut_epoch(shop: Dataset) -> None:
+    config = GeneratorRunConfig(
+        train=TrainConfig(epochs=3, batch_size=32, max_steps=2), eval=EvalConfig(valid_users=20)
+    )
+    config.model.d_model, config.model.max_len = 16, 8
+    assert len(training_chunks(shop.split().train, 8)) // 32 > 2  # an epoch is longer than the cap
+    trained = train_generator(shop, random_unique_ids(shop.n_items), CODEBOOK, config)
+    assert trained.metrics["steps"] == 2 and trained.metrics["best_epoch"] == 1
+    (record,) = trained.metrics["history"]
+    assert "valid.ndcg@10" in record and record["loss.ce"] > 0
+    with pytest.raises(ConfigError, match="max_steps"):
+        TrainConfig(max_steps=-1)
 
 
 def test_generator_and_evaluate_clis_end_to_end(shop_dirs: tuple[Path, Path], tmp_path: Path) -> None:

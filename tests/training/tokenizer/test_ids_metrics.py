@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from training.errors import ConfigError, DataError
-from training.tokenizer.ids import assign_unique_ids
+from training.tokenizer.ids import _ranks, assign_unique_ids
 from training.tokenizer.metrics import (
     codebook_stats,
     collision_stats,
@@ -59,6 +61,49 @@ def test_disambiguation_never_fails_below_the_id_capacity(levels: int, k: int, s
     sids = assign_unique_ids(codes, distances, codebook_size=k)
     assert len(np.unique(sids, axis=0)) == n and sids.min() >= 0 and sids.max() < k
     assert np.array_equal(sids, assign_unique_ids(codes.copy(), distances.copy(), codebook_size=k))
+
+
+def reference_ids(codes: np.ndarray, distances: np.ndarray, k: int, spill: np.ndarray | None) -> np.ndarray:
+    """The resolution written plainly: every item that must leave a full prefix walks the code space
+    from its own tuple to the first with room (quadratic where codes crowd into a few prefixes)."""
+    codes, rank = codes.astype(np.int64).copy(), _ranks(codes, distances)
+    moving = np.flatnonzero(rank >= k)
+    moving = moving[np.lexsort((rank[moving], *codes[moving].T[::-1]))]
+    occupancy = Counter(map(tuple, codes[rank < k].tolist()))
+    space = [
+        tuple(int(d) for d in np.unravel_index(v, (k,) * codes.shape[1])) for v in range(k ** codes.shape[1])
+    ]
+    for row, item in enumerate(moving.tolist()):
+        start = tuple(codes[item].tolist())
+        candidates = spill[row].tolist() if spill is not None else [(start[-1] + s) % k for s in range(1, k)]
+        target = next((key for c in candidates if occupancy[key := (*start[:-1], c)] < k), None)
+        if target is None:
+            at = space.index(start)
+            target = next(
+                space[(at + s) % len(space)]
+                for s in range(1, len(space))
+                if occupancy[space[(at + s) % len(space)]] < k
+            )
+        codes[item], rank[item] = target, occupancy[target]
+        occupancy[target] += 1
+    return np.concatenate([codes, rank[:, None]], axis=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(2, 4), st.integers(0, 10_000), st.booleans(), st.data())
+def test_resolution_matches_the_plain_walk(levels: int, k: int, seed: int, spill: bool, data) -> None:
+    """Crowded codes fill whole prefixes, so items cross runs of full tuples (the pointers' case)."""
+    n = data.draw(st.integers(1, k ** (levels + 1)))
+    rng = np.random.default_rng(seed)
+    codes = np.minimum(rng.geometric(0.7, (n, levels)) - 1, k - 1)  # most items on the first codes
+    distances = rng.random(n).round(1)
+    order = rng.permuted(np.tile(np.arange(k), (n, 1)), axis=1) if spill else None
+    sids = assign_unique_ids(codes, distances, k, (lambda items: order[items]) if order is not None else None)
+    moving = np.flatnonzero(_ranks(codes, distances) >= k)
+    moving = moving[np.lexsort((_ranks(codes, distances)[moving], *codes[moving].T[::-1]))]
+    expected = reference_ids(codes, distances, k, order[moving] if order is not None else None)
+    np.testing.assert_array_equal(sids, expected)
+    assert len(np.unique(sids, axis=0)) == n
 
 
 def test_more_items_than_ids_is_a_clear_error() -> None:
