@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,8 @@ class Catalogue:
                         raise ValueError(f"index {row['index']} on line {line_no}")
                     item_ids.append(str(row["item_id"]))
                     titles.append(str(row["title"]))
-                    paths.append([str(p) for p in row["category_path"]])
+                    # interned: the few distinct path components are shared by every row
+                    paths.append([sys.intern(str(p)) for p in row["category_path"]])
                     tags.append([int(t) for t in row["tags"]])
                 except (ValueError, KeyError, TypeError) as exc:
                     raise BundleError(f"{path}:{line_no}: bad catalogue row ({exc})") from exc

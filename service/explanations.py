@@ -30,7 +30,7 @@ fits ``T`` per level on validation recommendations and reports the calibration e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,9 +56,9 @@ UNKNOWN_ID, OTHER_ID = 0, 1
 SEPARATOR = " > "
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TagScore:
-    """One level of a generated tag path."""
+    """One level of a generated tag path (a few per catalogue row, all held in memory: slots)."""
 
     tag: str  # the class's own name, e.g. "Face"
     confidence: float  # the head's probability of this class
@@ -88,6 +88,7 @@ def read_tag_paths(probs: Sequence[np.ndarray], levels: Sequence[Sequence[str]])
         return []
     best = [p.argmax(axis=1).tolist() for p in probs]  # per level: (N,)
     confidence = [p.max(axis=1).tolist() for p in probs]
+    own_names = [[name.rsplit(SEPARATOR, 1)[-1] for name in names] for names in levels]  # one str each
     paths = []
     for n in range(probs[0].shape[0]):
         path: list[TagScore] = []
@@ -98,7 +99,7 @@ def read_tag_paths(probs: Sequence[np.ndarray], levels: Sequence[Sequence[str]])
                 break
             if path and not name.startswith(path[-1].path + SEPARATOR):
                 break  # not a child of the tag above: the path would not be a real one
-            path.append(TagScore(name.rsplit(SEPARATOR, 1)[-1], confidence[level][n], name, class_id))
+            path.append(TagScore(own_names[level][class_id], confidence[level][n], name, class_id))
         paths.append(path)
     return paths
 
@@ -120,13 +121,15 @@ def with_agreement(paths: list[list[TagScore]], classes: np.ndarray) -> list[lis
     """Mark each generated tag against the catalogue's class of its level (``classes`` (N, n_levels)):
     True where equal, False where the catalogue names another class (a rare one included), None where
     the catalogue path does not reach the level."""
+    known = classes.tolist()  # (N, n_levels) as lists: read per tag, far faster than numpy scalars
     return [
         [
-            replace(
-                tag,
-                matches_category=None
-                if classes[row, level] == UNKNOWN_ID
-                else bool(classes[row, level] == tag.class_id),
+            TagScore(
+                tag.tag,
+                tag.confidence,
+                tag.path,
+                tag.class_id,
+                None if known[row][level] == UNKNOWN_ID else known[row][level] == tag.class_id,
             )
             for level, tag in enumerate(path)
         ]
@@ -170,7 +173,13 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
         return 1.0
     grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))
     rows = np.arange(probs.shape[0])
-    nll = [-np.log(temperature_scale(probs, t)[rows, labels] + 1e-12).mean() for t in grid]
+    logits = np.log(np.clip(probs, 1e-12, 1.0))  # ``temperature_scale``'s first step, done once
+    nll = []
+    for t in grid:  # ``temperature_scale(probs, t)`` at the labels only
+        scaled = logits / t
+        scaled -= scaled.max(axis=1, keepdims=True)
+        exp = np.exp(scaled)
+        nll.append(-np.log(exp[rows, labels] / exp.sum(axis=1) + 1e-12).mean())
     return float(grid[int(np.argmin(nll))])
 
 

@@ -6,11 +6,12 @@ flattened offline into arrays: each beam carries an integer *trie state* (its no
 depth) and one gather per step yields, for every beam, the child node of each of the ``K`` codes
 (``-1`` where no item continues the prefix). The first ``dense_levels`` depths are dense
 ``(n_nodes, K)`` tables (small: at most ``K`` rows at depth 1); deeper depths, where nodes are as
-many as items, are stored as CSR. In memory each CSR depth is also padded to its widest node:
-``(n_s, fan_s)`` codes and children, a node's short row repeating its last child (writing the same
-child twice is harmless), so a batch's child table is two gathers and one scatter whatever the
-fan-out: a handful of numpy calls per level, which is what a batch-1 request pays for masking.
-``fan_s`` is the most children one prefix has (10 and 6 on Beauty), at most ``K``.
+many as items, are stored as CSR. A node's children are a contiguous run of the CSR arrays, so the
+children of a batch's states are read as ``(N, fan)`` lists, ``fan`` the most children one of those
+states has (at most ``K``; 10 and 6 on Beauty), a short row repeating its last child (writing the
+same child twice is harmless): a handful of numpy calls per level, which is what a batch-1 request
+pays for masking, and nothing held beside the CSR arrays (a table padded to the widest node of the
+catalogue would hold ``n_s × fan_s`` entries: gigabytes at 10^6 items, where some prefix is full).
 
 Nodes of each depth are numbered in lexicographic order of their prefixes, so every node covers a
 contiguous range of leaves in sorted-ID order: ``leaf_start[s][n] .. leaf_start[s][n + 1]``. That
@@ -42,19 +43,10 @@ class PrefixIndex:
     csr_child: list[np.ndarray]  # int32 (nnz_s,) child node ids at depth s + 1
     leaf_start: list[np.ndarray]  # depth s in 0..D: int64 (n_s + 1,) first sorted leaf of each node
     leaf_item: np.ndarray  # int64 (n_items,) item index of the j-th leaf in sorted-ID order
-    padded: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(init=False, repr=False, compare=False)
-    # per CSR depth: codes int64 (n_s, fan_s), children int32 (n_s, fan_s), short rows repeating
-    # their last child, and bool (n_s, fan_s) marking those repeats (built from the CSR arrays,
-    # never stored)
     penalties: list[np.ndarray] = field(init=False, repr=False, compare=False)
     # per dense depth: float32 (n_s, K), 0 where a child exists and -inf where none (never stored)
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self,
-            "padded",
-            [_pad(*csr) for csr in zip(self.csr_indptr, self.csr_codes, self.csr_child, strict=True)],
-        )
         object.__setattr__(
             self, "penalties", [np.where(table >= 0, 0.0, -np.inf).astype(np.float32) for table in self.dense]
         )
@@ -140,8 +132,13 @@ class PrefixIndex:
         each, short rows repeating their last entry, and where they do (bool); None at dense depths."""
         if depth < self.dense_levels:
             return None
-        codes, child, repeat = self.padded[depth - self.dense_levels]
-        return codes[states], child[states], repeat[states]  # (N, fan) each
+        csr = depth - self.dense_levels
+        indptr = self.csr_indptr[csr]
+        start = indptr[states]  # (N,) each state's first CSR entry
+        counts = indptr[states + 1] - start  # (N,) >= 1: every node above the leaves has a child
+        column = np.arange(int(counts.max(initial=1)))[None, :]  # (1, fan)
+        entries = start[:, None] + np.minimum(column, counts[:, None] - 1)  # (N, fan) last one repeated
+        return self.csr_codes[csr][entries], self.csr_child[csr][entries], column >= counts[:, None]
 
     def leaf_range(self, depth: int, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """First and one-past-last sorted leaf under each depth-``depth`` node (``nodes`` >= 0)."""
@@ -193,15 +190,3 @@ class PrefixIndex:
                 )
         except (KeyError, ValueError, OSError) as exc:
             raise BundleError(f"{path}: not a valid prefix index ({exc})") from exc
-
-
-def _pad(
-    indptr: np.ndarray, codes: np.ndarray, child: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR rows -> (n, fan) codes and children, each short row repeating its last entry, and the
-    (n, fan) mask of those repeats."""
-    counts = np.diff(indptr)  # (n,) >= 1: every node above the leaves has a child
-    fan = int(counts.max(initial=1))
-    column = np.minimum(np.arange(fan)[None, :], counts[:, None] - 1)  # (n, fan) last entry repeated
-    entries = indptr[:-1, None] + column  # (n, fan) into the CSR arrays
-    return codes[entries], child[entries], np.arange(fan)[None, :] >= counts[:, None]

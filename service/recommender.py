@@ -38,6 +38,9 @@ __all__ = ["ENCODER_GROUP", "CatalogueSnapshot", "Query", "Recommendation", "Rec
 
 #: histories per encoder call when a batch is grouped by length (see ``Recommender.encode``)
 ENCODER_GROUP = 16
+#: IDs per tag-heads call when a whole catalogue is explained: the (rows, classes) probabilities of
+#: every level, and onnxruntime's arena that keeps their peak, stay a few MiB at any catalogue size
+EXPLAIN_ROWS = 8192
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -81,13 +84,19 @@ class CatalogueSnapshot:
         explanations: list[list[TagScore]],
         item_vectors: np.ndarray | None = None,
     ) -> CatalogueSnapshot:
-        groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        rows_of_path: dict[tuple[str, ...], list[int]] = defaultdict(list)  # the few distinct paths
         for row, path in enumerate(paths):
-            keys = {tuple(path[:n]) for n in range(1, len(path) + 1)}
-            keys |= {tuple(path[1:n]) for n in range(2, len(path) + 1)}  # the root may be left out
+            rows_of_path[tuple(path)].append(row)
+        groups: dict[tuple[str, ...], list[list[int]]] = defaultdict(list)
+        for full, rows in rows_of_path.items():
+            keys = {full[:n] for n in range(1, len(full) + 1)}
+            keys |= {full[1:n] for n in range(2, len(full) + 1)}  # the root may be left out
             for key in keys:
-                groups[key].append(row)
-        by_path = {key: np.array(rows, dtype=np.int64) for key, rows in groups.items()}
+                groups[key].append(rows)
+        by_path = {  # rows ascending
+            key: np.sort(np.concatenate([np.asarray(rows, dtype=np.int64) for rows in parts]))
+            for key, parts in groups.items()
+        }
         return cls(sids, PrefixIndex.build(sids, codebook_size), by_path, explanations, item_vectors)
 
     @property
@@ -197,9 +206,18 @@ class Recommender:
         with the items' ``category_paths``, each tag says whether it matches the catalogue's class.
 
         An explanation depends on the ID (and the row's catalogue path) alone, so it is computed once
-        per catalogue row (when a snapshot is built, for the whole catalogue in one call) and looked
-        up when serving.
+        per catalogue row (when a snapshot is built, for the whole catalogue, ``EXPLAIN_ROWS`` at a
+        time) and looked up when serving.
         """
+        if codes.shape[0] > EXPLAIN_ROWS:
+            return [
+                path
+                for start in range(0, codes.shape[0], EXPLAIN_ROWS)
+                for path in self.explain(
+                    codes[start : start + EXPLAIN_ROWS],
+                    None if category_paths is None else category_paths[start : start + EXPLAIN_ROWS],
+                )
+            ]
         probs = self.tag_probabilities(codes)
         if not probs:
             return [[] for _ in range(codes.shape[0])]

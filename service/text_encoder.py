@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,16 +51,16 @@ def _char_wb_ngrams(text: str, low: int = 3, high: int = 4) -> list[str]:
     return grams
 
 
-def _tfidf(grams: list[str], vocabulary: dict[str, int], idf: np.ndarray) -> np.ndarray:
-    row = np.zeros(len(vocabulary), dtype=np.float64)
-    for gram in grams:
-        column = vocabulary.get(gram)
-        if column is not None:
-            row[column] += 1.0
-    seen = row > 0
-    row[seen] = (1.0 + np.log(row[seen])) * idf[seen]  # sublinear tf × idf
-    norm = np.linalg.norm(row)
-    return row / norm if norm > 0 else row
+def _tfidf(grams: list[str], vocabulary: dict[str, int], idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The row's non-zero TF-IDF entries: columns int64 (M,) ascending and their L2-normalised
+    values float64 (M,). Only the text's own n-grams are touched: the vocabulary runs to millions of
+    n-grams on a large catalogue, so a dense row would make every text cost the whole vocabulary."""
+    counts = Counter(column for gram in grams if (column := vocabulary.get(gram)) is not None)
+    columns = np.array(sorted(counts), dtype=np.int64)  # (M,)
+    values = np.array([counts[c] for c in columns.tolist()], dtype=np.float64)  # (M,) term counts
+    values = (1.0 + np.log(values)) * idf[columns]  # sublinear tf × idf
+    norm = np.linalg.norm(values)
+    return columns, values / norm if norm > 0 else values
 
 
 @dataclass(frozen=True)
@@ -97,14 +98,11 @@ class TfidfSvdTextEncoder:
     def encode(self, text: str) -> np.ndarray:
         """One text -> float32 (dim,), unit length (zero when no n-gram of it is in the vocabulary)."""
         lowered = text.lower()
-        features = np.concatenate(
-            [
-                _tfidf(_word_ngrams(lowered), self.words, self.word_idf),
-                _tfidf(_char_wb_ngrams(lowered), self.chars, self.char_idf),
-            ]
-        )  # (F_w + F_c,)
-        present = np.flatnonzero(features)  # a text has a few dozen of the many n-grams
+        word_columns, word_values = _tfidf(_word_ngrams(lowered), self.words, self.word_idf)
+        char_columns, char_values = _tfidf(_char_wb_ngrams(lowered), self.chars, self.char_idf)
+        present = np.concatenate([word_columns, char_columns + len(self.words)])  # (M,) of F_w + F_c
+        features = np.concatenate([word_values, char_values])  # (M,): a few dozen of the many n-grams
         out = np.zeros(self.dim, dtype=np.float64)
-        out[: self.components.shape[0]] = (self.components[:, present] @ features[present]) * self.signs
+        out[: self.components.shape[0]] = (self.components[:, present] @ features) * self.signs
         norm = np.linalg.norm(out)
         return (out / norm if norm > 0 else out).astype(np.float32)
