@@ -9,9 +9,11 @@ histories stay mostly in one leaf), then runs each stage as its own ``python -m 
 reads its wall time and peak resident memory (``os.wait4``):
 
 - prepare, tokenizer (the pipeline's default profile, ``configs/pipeline/demo.toml``: the shape
-  chosen from the data), generator (``configs/generator/test.toml``, one epoch: export needs a trained
-  model; its cost is reported, not part of the question), export;
-- the bundle's size on disk;
+  chosen from the data), generator (``configs/generator/test.toml``, one epoch of at most 500 steps
+  with a sampled softmax, ``GENERATOR_SETS``: export needs a trained model; its cost is reported, not
+  part of the question), export;
+- the bundle's size on disk (and its largest files) and the ordering it serves (``ranking``: ``beam``
+  decodes through the prefix index, whose cost per request does not grow with the catalogue);
 - ``python -m service`` on the bundle (in-process store): seconds until ``/readyz`` answers, resident
   memory then and at the end (peak);
 - served latency: ``--requests`` requests one at a time (k 10, beam 20, test histories of the
@@ -51,6 +53,11 @@ __all__ = ["main", "write_catalogue"]
 BRANCHING = (8, 8, 8)
 #: words per leaf (titles draw 3 of them) and brands
 LEAF_WORDS, BRANDS = 24, 300
+#: the generator stage's overrides of configs/generator/test.toml: a sampled softmax (the test
+#: config's full softmax scores every item at every position of a batch: 10^6 logits per target at
+#: 10^6 items) and at most 500 steps (a 10^6-item epoch is ~7,800 steps, and each step writes the
+#: whole 10^6-row hash table: its dense embedding gradients and AdamW, ~0.8 s a step on a busy core)
+GENERATOR_SETS = ("loss.dot_negatives=256", "train.max_steps=500")
 
 
 def write_catalogue(folder: Path, n_items: int, users_per_item: float, seed: int = 0) -> dict[str, int]:
@@ -240,6 +247,7 @@ def measure(size: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "generator": [
             "generator", "--data", str(data), "--ids", str(tok), "--out", str(gen),
             "--config", generator_config, "--set", "train.epochs=1", "--set", "eval.valid_users=500",
+            *(arg for pair in GENERATOR_SETS for arg in ("--set", pair)),
         ],
         "export": ["export", "--run", str(gen), "--out", str(bundle)],
     }  # fmt: skip
@@ -250,7 +258,19 @@ def measure(size: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     row["prepared"] = {k: prepared[k] for k in ("users", "items", "interactions")}
     spec = json.loads((tok / "sids.json").read_text())
     row["id_spec"] = {k: spec[k] for k in ("levels", "codebook_size", "id_length")}
-    row["bundle_mib"] = round(sum(p.stat().st_size for p in bundle.iterdir() if p.is_file()) / 2**20, 1)
+    tokenizer = json.loads((tok / "metrics.json").read_text())
+    row["tokenizer"]["ids"] = {
+        k: tokenizer[k] for k in ("collision_rate", "max_items_per_id", "items_moved_by_disambiguation")
+    }
+    row["generator"]["steps"] = json.loads((gen / "metrics.json").read_text())["steps"]
+    files = {p.name: p.stat().st_size for p in bundle.iterdir() if p.is_file()}
+    row["bundle_mib"] = round(sum(files.values()) / 2**20, 1)
+    row["bundle_largest_mib"] = {
+        name: round(size / 2**20, 1) for name, size in sorted(files.items(), key=lambda f: -f[1])[:3]
+    }
+    # what a request's cost depends on: "beam" decodes through the prefix index; "dot" would score
+    # every item of the catalogue for every request
+    row["ranking"] = json.loads((bundle / "manifest.json").read_text())["decoding"]["ranking"]
     print(f"[{size:,} items] serving ...", flush=True)
     row["service"] = serve(bundle, data, args.requests, args.concurrency, root / "service.log")
     return row
