@@ -38,6 +38,9 @@ class LossConfig:
     #: the dot-product head's softmax: over the whole catalogue (0) or over the target and this many
     #: items drawn uniformly per batch (sampled softmax; an item equal to the target is masked out)
     dot_negatives: int = 0
+    #: label smoothing of the dot-product head's softmax: the per-item hash rows are both read and
+    #: ranked with, and a one-hot target lets them memorise the training sequences
+    dot_smoothing: float = 0.0
     item_temperature: float = 0.5
     seq_temperature: float = 1.0
 
@@ -106,7 +109,7 @@ def masked_granularity_loss(model: SidrecGenerator, state: EncoderState, tempera
 
 
 def dot_loss(
-    model: SidrecGenerator, users: Tensor, targets: Tensor, sid_table: Tensor, negatives: int
+    model: SidrecGenerator, users: Tensor, targets: Tensor, sid_table: Tensor, config: LossConfig
 ) -> Tensor:
     """Cross-entropy of the dot-product head: users (M, item_dim), target items (M,).
 
@@ -114,17 +117,22 @@ def dot_loss(
     drawn uniformly for the whole batch: at 10^4 items the full softmax and its gradient are most of a
     CPU training step, and a uniform sample needs no correction of the logits.
     """
-    n_items = sid_table.shape[0] - 1
+    n_items, negatives = sid_table.shape[0] - 1, config.dot_negatives
     if negatives <= 0 or negatives >= n_items:
-        return F.cross_entropy(users @ model.item_table(sid_table[1:]).T, targets)
+        logits = users @ model.item_table(sid_table[1:]).T
+        return F.cross_entropy(logits, targets, label_smoothing=config.dot_smoothing)
     sampled = torch.randint(n_items, (negatives,), device=users.device)  # (S,)
     items = torch.cat([targets, sampled]) + 1  # tokens
     table = model.item_vectors(items, sid_table[items])  # (M + S, item_dim)
     positive = (users * table[: targets.shape[0]]).sum(-1, keepdim=True)  # (M, 1)
     negative = users @ table[targets.shape[0] :].T  # (M, S)
-    negative = negative.masked_fill(sampled[None, :] == targets[:, None], float("-inf"))
-    logits = torch.cat([positive, negative], 1)
-    return F.cross_entropy(logits, torch.zeros_like(targets))
+    is_target = sampled[None, :] == targets[:, None]  # (M, S)
+    negative = negative.masked_fill(is_target, float("-inf"))
+    log_p = torch.cat([positive, negative], 1).log_softmax(-1)  # (M, 1 + S); the target in column 0
+    # label smoothing spreads over the candidates actually offered (a masked one has log p = -inf)
+    offered = log_p[:, 0] + log_p[:, 1:].masked_fill(is_target, 0.0).sum(1)
+    uniform = -offered / (1 + (~is_target).sum(1))
+    return ((1 - config.dot_smoothing) * -log_p[:, 0] + config.dot_smoothing * uniform).mean()
 
 
 def generator_loss(
@@ -156,7 +164,7 @@ def generator_loss(
         )
     if config.dot_weight > 0 or not c.generative:
         users = model.user_vectors(state.memory[rows, cols])  # (M, item_dim)
-        parts["dot"] = dot_loss(model, users, target_items, sid_table, config.dot_negatives)
+        parts["dot"] = dot_loss(model, users, target_items, sid_table, config)
     if c.use_hash and c.use_semantic:
         if positives is not None and config.item_weight > 0:
             items = target_items.unique()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training.__main__ import main
 from training.config import load_config
@@ -15,7 +16,7 @@ from training.data import Dataset
 from training.errors import ConfigError
 from training.evaluate.report import MAIN_METRICS
 from training.generator.cooccurrence import alignment_positives
-from training.generator.losses import GeneratorObjective, LossConfig, PositiveTables
+from training.generator.losses import GeneratorObjective, LossConfig, PositiveTables, dot_loss
 from training.generator.model import GeneratorConfig, SidrecGenerator
 from training.generator.train import (
     EvalConfig,
@@ -35,6 +36,33 @@ def test_training_chunks_cover_every_transition_once() -> None:
     chunks = training_chunks([np.array([0, 1, 2, 3, 4, 5, 6])], max_len=3)
     assert chunks.tolist() == [[4, 5, 6, 7], [1, 2, 3, 4]]  # tokens = items + 1, left padded
     assert training_chunks([np.array([9])], max_len=3).shape == (0, 4)
+
+
+def test_dot_loss_smooths_over_the_candidates_it_offers(shop: Dataset) -> None:
+    sids = random_unique_ids(shop.n_items)
+    table = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.from_numpy(sids)])
+    config = GeneratorConfig(n_items=shop.n_items, id_length=4, codebook_size=CODEBOOK, d_model=32)
+    model = SidrecGenerator(config).eval()
+    torch.manual_seed(0)
+    users = torch.randn(6, model.item_table(table[1:]).shape[1])
+    targets = torch.arange(6)
+    with torch.no_grad():
+        full = dot_loss(model, users, targets, table, LossConfig(dot_smoothing=0.2))
+        logits = users @ model.item_table(table[1:]).T
+        assert torch.allclose(full, F.cross_entropy(logits, targets, label_smoothing=0.2))
+
+        torch.manual_seed(1)
+        sampled = torch.randint(shop.n_items, (40,))
+        targets = sampled[:6]  # every row's target is also among the sampled negatives
+        torch.manual_seed(1)
+        loss = dot_loss(model, users, targets, table, LossConfig(dot_negatives=40, dot_smoothing=0.2))
+        expected = []
+        for user, target in zip(users, targets, strict=True):
+            offered = torch.cat([target[None], sampled[sampled != target]])
+            log_p = (user @ model.item_table(table[1:])[offered].T).log_softmax(-1)
+            expected.append(0.8 * -log_p[0] - 0.2 * log_p.mean())
+        assert torch.isfinite(loss)
+        assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-5)
 
 
 def test_loss_decreases_on_a_fixed_batch(shop: Dataset) -> None:
