@@ -1,10 +1,11 @@
 """A real ``python -m service`` process and its own ``redis-server`` on loopback, for benchmarks.
 
-Shared by ``benchmarks.reliability`` (one service through every phase) and ``benchmarks.ab`` (two or
-more differently configured services side by side). The service is pinned to its own CPUs and the
-load generator to the others: in production clients sit on other machines, and a client that shares
-the service's cores starves as the service saturates, so its own lateness would be timed as the
-service's latency.
+Shared by ``benchmarks.reliability`` (one service through every phase), ``benchmarks.ab`` (two or
+more differently configured services side by side) and ``benchmarks.scale_out`` (replicas sharing
+one Redis or a Redis Cluster, ``benchmarks.redis_cluster``); the tests start their Redis servers
+with ``start_redis_server`` too. The service is pinned to its own CPUs and the load generator to the
+others: in production clients sit on other machines, and a client that shares the service's cores
+starves as the service saturates, so its own lateness would be timed as the service's latency.
 """
 
 from __future__ import annotations
@@ -16,19 +17,25 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 import numpy as np
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 __all__ = [
     "REPO",
     "cpu_list",
     "cpu_speed_ms",
     "free_port",
+    "probe_client",
+    "redis_log_tail",
     "split_cpus",
     "start_redis",
+    "start_redis_server",
     "start_service",
     "stop",
 ]
@@ -56,21 +63,93 @@ def cpu_list(text: str) -> list[int]:
     return cpus
 
 
+#: the file in a server's ``workdir`` that its log goes to
+REDIS_LOG_NAME = "redis.log"
+
+
+def redis_log_tail(workdir: Path, lines: int = 20) -> str:
+    """The last ``lines`` of the log of the redis-server started on ``workdir``, for error messages."""
+    log = workdir / REDIS_LOG_NAME
+    text = log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else ["(no log)"]
+    return "\n".join(f"  {line}" for line in text)
+
+
+def probe_client(port: int) -> redis.Redis:
+    """A client for polling a local server until it is ready: one try per call and 1 s timeouts, so a
+    call to a port that accepts but never answers returns soon; the polling loop is the retry."""
+    return redis.Redis(port=port, socket_connect_timeout=1.0, socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
+
+
+def start_redis_server(
+    port: int,
+    workdir: Path,
+    persistent: bool = False,
+    *,
+    appendfsync: str = "always",
+    options: Sequence[str] = (),
+    timeout_s: float = 60.0,
+) -> subprocess.Popen[bytes]:
+    """A throw-away redis-server on ``port``, logging to ``workdir``; waits until it answers.
+
+    ``persistent``: an append-only file in ``workdir``, fsynced as ``appendfsync`` says (``always``:
+    on every write; compose and k8s run Redis with ``everysec``), so a restart on the same
+    ``workdir`` keeps the data. ``options``: more ``redis-server`` arguments (a cluster node's).
+    ``timeout_s`` is generous: the server may share the CPUs with a training run. A server that exits
+    or does not answer in time is killed, and the error carries its log's tail; so is one whose port
+    turns out to be answered by another process's server (the port was free when chosen).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    with (workdir / REDIS_LOG_NAME).open("ab") as log:  # its stderr too: what it says before it opens the log
+        process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if persistent else "no",
+                "--appendfsync",
+                appendfsync,
+                "--dir",
+                str(workdir),
+                "--logfile",
+                str(workdir / REDIS_LOG_NAME),
+                *options,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    client = probe_client(port)
+    deadline = time.monotonic() + timeout_s
+    problem = f"did not answer within {timeout_s:g} s"
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                client.ping()
+            except (redis.ConnectionError, redis.TimeoutError):  # or loading its append-only file
+                time.sleep(0.05)
+                continue
+            if client.info("server")["process_id"] == process.pid:
+                return process
+            problem = "is taken by another redis-server"
+            break
+    finally:
+        client.close()
+    if process.poll() is None:
+        process.kill()
+    else:
+        problem = f"exited with code {process.returncode}"
+    process.wait()
+    raise RuntimeError(f"redis-server on port {port} {problem}; its log ends:\n{redis_log_tail(workdir)}")
+
+
 def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    """redis-server with an append-only file in ``workdir`` (as compose and k8s run it)."""
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    args += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(workdir)]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    for _ in range(100):
-        with contextlib.suppress(redis.ConnectionError):
-            # the port was free when chosen; another process's server may have taken it since
-            if client.info("server")["process_id"] != process.pid:
-                stop(process)
-                raise RuntimeError(f"port {port} is taken by another redis-server")
-            return process
-        time.sleep(0.05)
-    raise RuntimeError(f"redis-server did not start on port {port}")
+    """redis-server with an append-only file in ``workdir`` fsynced every second (as compose and k8s
+    run it)."""
+    return start_redis_server(port, workdir, persistent=True, appendfsync="everysec")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -5,6 +5,9 @@ Example (a service on this machine, the synthetic bundle, under two minutes):
     python -m deploy.loadtest --url http://127.0.0.1:8000 --rates 5,10,20,40 --step-seconds 10 \\
         --api-key "$SIDREC_API_KEY" --report runs/loadtest/report.json
 
+Several replicas without a load balancer: repeat --url (or join URLs with commas); requests go to
+them in turn.
+
 Prints a per-step table and the highest rate whose p99 stayed within the target with every response
 valid; writes the JSON report and a latency-vs-rate PNG next to it. Only loopback targets are
 accepted unless the host is passed with --allow-remote.
@@ -55,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--url", default=defaults["url"].default, help="service base URL (default: %(default)s)"
+        "--url",
+        action="append",
+        default=None,
+        help=f"service base URL (default: {defaults['url'].default}); repeat it, or join URLs with "
+        "commas, to spread the requests over several replicas in turn",
     )
     parser.add_argument(
         "--rates",
@@ -162,7 +169,7 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
     """The validated config of a command line (raises ConfigError naming the bad option)."""
     extra = {"mix": args.mix} if args.mix is not None else {}
     return LoadTestConfig(
-        url=args.url.rstrip("/"),
+        url=",".join(args.url or [LoadTestConfig.url]),
         rates=args.rates,
         step_seconds=args.step_seconds,
         max_concurrency=args.max_concurrency,

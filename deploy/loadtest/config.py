@@ -26,7 +26,7 @@ REQUEST_KINDS = ("user", "history", "filtered", "event")
 class LoadTestConfig:
     """One load test: rate steps, their length, the request mix and the latency target."""
 
-    url: str = "http://127.0.0.1:8000"
+    url: str = "http://127.0.0.1:8000"  # or several base URLs joined by commas (``targets``)
     rates: tuple[float, ...] = (5.0, 10.0, 20.0, 40.0)  # offered requests/s, one step each
     step_seconds: float = 10.0
     max_concurrency: int = 64  # requests in flight at once; later arrivals wait (and the wait counts)
@@ -81,7 +81,16 @@ class LoadTestConfig:
                 f"the steps take {self.planned_seconds:.0f} s, "
                 f"more than max_duration_s={self.max_duration_s:.0f}"
             )
-        check_target(self.url, self.allow_remote)
+        if not self.targets:
+            raise ConfigError(f"url: expected http(s)://HOST[:PORT], got {self.url!r}")
+        for target in self.targets:
+            check_target(target, self.allow_remote)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The base URLs in ``url`` (comma-separated): replicas of one service, sent requests in
+        turn, one each, so that a fleet behind no load balancer gets an even share per replica."""
+        return tuple(part.strip().rstrip("/") for part in self.url.split(",") if part.strip())
 
     @property
     def planned_requests(self) -> int:

@@ -33,6 +33,7 @@ class Outcome:
     latency_s: float  # from the scheduled send time to the end of the response
     finished_at: float  # seconds since the step started
     problems: tuple[str, ...] = ()
+    target: str = ""  # the base URL it was sent to
 
     @property
     def ok(self) -> bool:
@@ -57,6 +58,7 @@ class StepReport:
     invalid_responses: int  # 2xx answers that failed a correctness check
     invalid_examples: list[str]
     within_target: bool
+    by_target: dict[str, int] = field(default_factory=dict)  # requests per base URL (several: a fleet)
 
 
 def summarise_step(
@@ -88,6 +90,7 @@ def summarise_step(
         invalid_responses=len(invalid),
         invalid_examples=[f"{o.kind}: {'; '.join(o.problems)}" for o in invalid[:EXAMPLES_PER_STEP]],
         within_target=bool(outcomes) and ok == len(outcomes) and latency["p99"] <= p99_target_ms,
+        by_target=dict(sorted(Counter(o.target for o in outcomes).items())),
     )
 
 

@@ -6,6 +6,10 @@ send. At most ``max_concurrency`` requests are in flight; a request that has to 
 its scheduled time, so the wait shows up in its latency instead of silently lowering the rate. A
 request not answered within ``timeout_s`` of its scheduled time is abandoned and counted as a failure.
 
+With several targets (replicas of one service, ``LoadTestConfig.targets``) requests go to them in
+turn, one each, every target through its own connection pool; the histories are seeded the same
+way, so a user's events and the recommendations read from them usually meet different replicas.
+
 The client is aiohttp, not httpx: the harness runs on one core and its own CPU time per request is
 latency it adds to every answer it times. httpx's connection pool scans every connection per request
 (and httpcore retries a failed import each time): at 125 req/s through 256 connections the client
@@ -22,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import random
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -50,6 +55,10 @@ __all__ = ["arrival_offsets", "run_load_test"]
 
 #: Concurrency of the untimed history seeding before the first step.
 SEED_CONCURRENCY = 16
+#: Seconds an idle connection is kept for reuse: under uvicorn's 5 s keep-alive (aiohttp's default is
+#: 15 s), so a request is never sent on a connection the server is closing, which fails it with
+#: ServerDisconnectedError (seen while seeding on a loaded machine).
+KEEPALIVE_S = 2.0
 
 
 def arrival_offsets(rate: float, seconds: float, arrivals: str, rng: random.Random) -> list[float]:
@@ -64,23 +73,33 @@ def arrival_offsets(rate: float, seconds: float, arrivals: str, rng: random.Rand
 
 
 class _Client:
-    """Sends planned requests and turns each answer into an ``Outcome`` (checked when it is a 2xx)."""
+    """Sends planned requests, to each target in turn, and turns each answer into an ``Outcome``
+    (checked when it is a 2xx)."""
 
-    def __init__(self, http: aiohttp.ClientSession, config: LoadTestConfig, workload: Workload) -> None:
-        self.http = http
+    def __init__(
+        self, sessions: Sequence[aiohttp.ClientSession], config: LoadTestConfig, workload: Workload
+    ) -> None:
+        self.sessions = list(sessions)  # one per target, in the order of config.targets
         self.config = config
         self.workload = workload
         self.slots = asyncio.Semaphore(config.max_concurrency)
         self.headers = {"X-API-Key": config.api_key} if config.api_key else {}
+        self._turns = itertools.cycle(range(len(self.sessions)))
+
+    def next_target(self) -> tuple[str, aiohttp.ClientSession]:
+        """The next target in turn: its base URL and its session."""
+        turn = next(self._turns)
+        return self.config.targets[turn], self.sessions[turn]
 
     async def send(self, request: PlannedRequest, scheduled: float, step_start: float) -> Outcome:
         loop = asyncio.get_running_loop()
         problems: list[str] = []
+        target, http = self.next_target()
         try:
             async with (
                 asyncio.timeout_at(scheduled + self.config.timeout_s),
                 self.slots,
-                self.http.post(request.path, json=request.body, headers=self.headers) as response,
+                http.post(request.path, json=request.body, headers=self.headers) as response,
             ):
                 body = await response.read()
             status = str(response.status)
@@ -95,7 +114,7 @@ class _Client:
         except ValueError:  # a 200 whose body is not JSON
             status, problems = "200", ["body is not JSON"]
         now = loop.time()
-        return Outcome(request.kind, status, now - scheduled, now - step_start, tuple(problems))
+        return Outcome(request.kind, status, now - scheduled, now - step_start, tuple(problems), target)
 
 
 @contextlib.contextmanager
@@ -136,7 +155,8 @@ async def _seed_histories(client: _Client) -> dict[str, int]:
     async def seed_user(events: list[PlannedRequest]) -> None:
         async with gate:
             for event in events:
-                async with client.http.post(event.path, json=event.body, headers=client.headers) as response:
+                _, http = client.next_target()
+                async with http.post(event.path, json=event.body, headers=client.headers) as response:
                     statuses[str(response.status)] += 1
                     if not response.ok:
                         raise DataError(
@@ -177,18 +197,36 @@ async def run_load_test(
     (``benchmarks/reliability.py``).
     """
     rng = random.Random(config.seed)
-    connector = aiohttp.TCPConnector(limit=config.max_concurrency)
     timeout = aiohttp.ClientTimeout(total=config.timeout_s)
-    async with aiohttp.ClientSession(config.url, connector=connector, timeout=timeout) as http:
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [
+            await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    target,
+                    connector=aiohttp.TCPConnector(
+                        limit=config.max_concurrency, keepalive_timeout=KEEPALIVE_S
+                    ),
+                    timeout=timeout,
+                )
+            )
+            for target in config.targets
+        ]
         key = {"X-API-Key": config.api_key} if config.api_key else {}
-        model = await _model_info(http, config.url, key)
-        catalogue = await Catalogue.fetch(http)
+        models = [
+            await _model_info(http, target, key)
+            for target, http in zip(config.targets, sessions, strict=True)
+        ]
+        served = {target: info.get("bundle_id") for target, info in zip(config.targets, models, strict=True)}
+        if len(set(served.values())) > 1:
+            raise DataError(f"the targets serve different bundles: {served}")
+        model = models[0]
+        catalogue = await Catalogue.fetch(sessions[0])  # the same on every replica of a fleet
         if config.data is not None:
             histories = dataset_histories(config.data, config.n_users, config.max_history, rng)
         else:
             histories = random_histories(catalogue, config.n_users, config.max_history, rng)
         workload = Workload(config, catalogue, histories, run_tag=secrets.token_hex(4))
-        client = _Client(http, config, workload)
+        client = _Client(sessions, config, workload)
         report = LoadTestReport(
             command=command,
             url=config.url,

@@ -153,3 +153,105 @@ def test_dataset_histories_read_the_documented_files(tmp_path):
     (tmp_path / "sequences.jsonl").write_text('{"user_id": "c", "items": [9]}\n')
     with pytest.raises(DataError, match="not a prepared dataset"):
         dataset_histories(tmp_path, n_users=5, max_history=2, rng=random.Random(0))
+
+
+def test_several_urls_share_the_requests_in_turn():
+    """``--url`` repeated or comma-joined: one config, the targets in order; each must be loopback
+    (or named), and the single-URL default is unchanged."""
+    from deploy.loadtest.__main__ import build_parser, config_from_args
+
+    def targets(*argv: str) -> tuple[str, ...]:
+        args = build_parser().parse_args([*argv, "--mix", "history=1"])
+        return config_from_args(args).targets
+
+    assert targets() == ("http://127.0.0.1:8000",)
+    assert targets("--url", "http://127.0.0.1:1/") == ("http://127.0.0.1:1",)
+    assert targets("--url", "http://127.0.0.1:1", "--url", "http://localhost:2,http://127.0.0.1:3") == (
+        "http://127.0.0.1:1",
+        "http://localhost:2",
+        "http://127.0.0.1:3",
+    )
+    with pytest.raises(ConfigError, match=r"--allow-remote 10\.1\.2\.3"):
+        LoadTestConfig(url="http://127.0.0.1:1,http://10.1.2.3:2", mix={"history": 1.0})
+    with pytest.raises(ConfigError, match="url"):
+        LoadTestConfig(url=" , ", mix={"history": 1.0})
+
+
+def test_a_run_over_two_replicas_alternates_between_them():
+    """Two stand-in replicas sharing one history store: every request of the step and every seeding
+    event goes to each in turn, and a user seeded through both is read back whole by either."""
+    import asyncio
+
+    from aiohttp import web
+
+    from deploy.loadtest.runner import run_load_test
+
+    items = [{"item_id": f"i{n}", "category_path": ["Shop", "Face"]} for n in range(30)]
+    histories: dict[str, list[str]] = {}  # the fleet's shared store
+    hits: list[dict[str, int]] = []
+
+    def replica() -> web.Application:
+        seen = {"events": 0, "recommend": 0}
+        hits.append(seen)
+
+        async def model(_: web.Request) -> web.Response:
+            return web.json_response({"bundle_id": "b1"})
+
+        async def catalogue(_: web.Request) -> web.Response:
+            return web.json_response({"items": items})
+
+        async def events(request: web.Request) -> web.Response:
+            seen["events"] += 1
+            body = await request.json()
+            histories.setdefault(body["user_id"], []).append(body["item_id"])
+            return web.json_response({"history_length": len(histories[body["user_id"]])})
+
+        async def recommend(request: web.Request) -> web.Response:
+            seen["recommend"] += 1
+            body = await request.json()
+            history = body.get("history") or histories.get(body.get("user_id", ""), [])
+            fresh = [i["item_id"] for i in items if i["item_id"] not in history][: body["k"]]
+            answer = [{"item_id": i, "score": -float(n)} for n, i in enumerate(fresh)]
+            return web.json_response({"bundle_id": "b1", "items": answer})
+
+        app = web.Application()
+        app.router.add_get("/v1/model", model)
+        app.router.add_get("/items", catalogue)
+        app.router.add_post("/events", events)
+        app.router.add_post("/recommend", recommend)
+        return app
+
+    async def scenario() -> tuple[LoadTestReport, list[str]]:
+        runners = [web.AppRunner(replica()) for _ in range(2)]
+        urls = []
+        for runner in runners:
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
+        try:
+            config = LoadTestConfig(
+                url=",".join(urls),
+                rates=(20.0,),
+                step_seconds=1.0,
+                timeout_s=60.0,  # no timeouts on a loaded machine: the split is what is tested
+                mix={"user": 1.0, "history": 1.0, "event": 1.0},
+                api_key="k" * 16,
+                n_users=5,
+                max_history=4,
+                k=3,
+                p99_target_ms=1e9,
+            )
+            return await run_load_test(config, "test"), urls
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+
+    report, urls = asyncio.run(scenario())
+    step = report.steps[0]
+    assert step.invalid_responses == 0 and step.ok == step.requests, step.status_counts
+    assert set(step.by_target) == set(urls) and abs(step.by_target[urls[0]] - step.by_target[urls[1]]) <= 1
+    seeded = report.seeding["200"]
+    assert seeded > 2 and abs(hits[0]["events"] - hits[1]["events"]) <= seeded // 2
+    assert sum(h["events"] + h["recommend"] for h in hits) == seeded + step.requests
+    assert all(h["recommend"] > 0 for h in hits)

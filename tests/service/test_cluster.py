@@ -1,4 +1,4 @@
-"""The service on a real three-master Redis Cluster (``redis+cluster://``; ``tests.service.redis_cluster``).
+"""The service on a real three-master Redis Cluster (``redis+cluster://``; ``benchmarks.redis_cluster``).
 
 The store's tests from ``test_app`` and the replica tests from ``test_fleet`` run here a second time,
 with ``redis_target`` pointing at the cluster: every transaction and script they drive would fail
@@ -18,9 +18,9 @@ import redis
 from fastapi.testclient import TestClient
 from redis.crc import key_slot
 
+from benchmarks.redis_cluster import LoopbackCluster
 from service.app import create_app
 from tests.service.conftest import API_KEY, RedisTarget, require_binaries, settings_for
-from tests.service.redis_cluster import LoopbackCluster
 from tests.service.test_app import (  # noqa: F401  (collected again, here against the cluster)
     test_a_command_redis_refuses_gets_503_and_is_not_taken_for_an_outage,
     test_cold_start_item,

@@ -1,7 +1,7 @@
-"""A real three-master Redis Cluster on loopback for the tests: ``redis-server --cluster-enabled yes``
-on three ports from ``NODE_PORTS``, joined by ``redis-cli --cluster create``; a master can be killed
-and started again on its own folder (append-only file fsynced on every write, so it comes back with
-its data).
+"""A real three-master Redis Cluster on loopback, for the tests (``tests/service/test_cluster.py``) and
+``benchmarks.scale_out``: ``redis-server --cluster-enabled yes`` on three ports from ``NODE_PORTS``,
+joined by ``redis-cli --cluster create``; a master can be killed and started again on its own folder
+(append-only file, by default fsynced on every write, so it comes back with its data).
 
 A cluster node also listens on its bus port, its port + 10000. So the nodes' ports do not come from
 ``free_port()``: an ephemeral port above 55535 has no bus port at all (the node exits), and a bus port
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import redis
 
-from tests.service.conftest import log_tail, probe_client, start_redis_server
+from benchmarks.local_service import probe_client, redis_log_tail, start_redis_server
 
 __all__ = ["NODE_PORTS", "LoopbackCluster", "node_ports"]
 
@@ -64,7 +64,12 @@ def node_ports(count: int) -> list[int]:
 
 @dataclass
 class LoopbackCluster:
+    """The nodes' folders are under ``workdir``; ``appendfsync`` is each node's (``always``: an
+    acknowledged write survives a killed master, as the tests need; ``everysec``: as compose and k8s
+    run Redis, for measurements comparable with ``start_redis``)."""
+
     workdir: Path
+    appendfsync: str = "always"
     ports: list[int] = field(default_factory=list)
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -99,6 +104,7 @@ class LoopbackCluster:
             port,
             self.workdir / str(port),
             persistent=True,
+            appendfsync=self.appendfsync,
             timeout_s=STARTUP_S,
             options=[
                 "--cluster-enabled",
@@ -148,7 +154,9 @@ class LoopbackCluster:
         return ", ".join(wrong) or "ok"
 
     def logs(self) -> str:
-        return "".join(f"\nlog of node {port}:\n{log_tail(self.workdir / str(port))}" for port in self.ports)
+        return "".join(
+            f"\nlog of node {port}:\n{redis_log_tail(self.workdir / str(port))}" for port in self.ports
+        )
 
     def kill(self, port: int) -> None:
         """SIGKILL one master: what a crashed machine looks like to the others."""
