@@ -237,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or DecodingLayout.for_cpus(cpus).workers  # 0: as the service
     threads = args.threads or max(1, cpus // workers)
     bundle = load_bundle(args.bundle, args.provider.split(","), threads)
+    if bundle.manifest.decoding.ranking != "beam":
+        parser.error(
+            f"{args.bundle} ranks by {bundle.manifest.decoding.ranking!r}; this benchmark times the "
+            "constrained beam search against a peer-style beam: export a run trained with "
+            "--set eval.ranking=beam"
+        )
     recommender = Recommender(bundle)  # the incremental graphs when the bundle has them
     modes = {"both": [True, False], "on": [True], "off": [False]}[args.kv_cache]
     if not bundle.manifest.has_kv_cache:
