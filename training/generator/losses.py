@@ -8,6 +8,7 @@ over the catalogue (the recipe of a strong SASRec): at 10^4 items one matrix pro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ __all__ = [
     "dot_loss",
     "generator_loss",
     "masked_granularity_loss",
+    "smoothed_cross_entropy",
 ]
 
 
@@ -108,6 +110,37 @@ def masked_granularity_loss(model: SidrecGenerator, state: EncoderState, tempera
     return 0.5 * (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels))
 
 
+class _SmoothedCrossEntropy(torch.autograd.Function):
+    """``F.cross_entropy(logits, targets, label_smoothing=eps)``, mean over rows, in fewer passes.
+
+    Over the whole catalogue the logits are the largest tensor of a step: torch's version writes the
+    log-softmax, a zeroed gradient, a scattered one and a smoothing term, each as big as the logits.
+    Here the forward reads them for a log-sum-exp and a mean, and the backward writes the gradient once
+    (``softmax - (1 - eps) * onehot - eps / C``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, targets: Tensor, eps: float) -> Tensor:
+        lse = torch.logsumexp(logits, 1, keepdim=True)  # (M, 1)
+        ctx.save_for_backward(logits, lse, targets)
+        ctx.eps = eps
+        picked = logits.gather(1, targets[:, None]).squeeze(1)
+        return (lse.squeeze(1) - (1 - eps) * picked - eps * logits.mean(1)).mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        logits, lse, targets = ctx.saved_tensors
+        m, c = logits.shape
+        out = (logits - lse).exp_().sub_(ctx.eps / c)
+        out[torch.arange(m, device=out.device), targets] -= 1 - ctx.eps
+        return out.mul_(grad / m), None, None
+
+
+def smoothed_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float) -> Tensor:
+    """Mean label-smoothed cross-entropy of ``logits`` (M, C) against ``targets`` (M,)."""
+    return _SmoothedCrossEntropy.apply(logits, targets, smoothing)
+
+
 def dot_loss(
     model: SidrecGenerator, users: Tensor, targets: Tensor, sid_table: Tensor, config: LossConfig
 ) -> Tensor:
@@ -120,7 +153,7 @@ def dot_loss(
     n_items, negatives = sid_table.shape[0] - 1, config.dot_negatives
     if negatives <= 0 or negatives >= n_items:
         logits = users @ model.item_table(sid_table[1:]).T
-        return F.cross_entropy(logits, targets, label_smoothing=config.dot_smoothing)
+        return smoothed_cross_entropy(logits, targets, config.dot_smoothing)
     sampled = torch.randint(n_items, (negatives,), device=users.device)  # (S,)
     items = torch.cat([targets, sampled]) + 1  # tokens
     table = model.item_vectors(items, sid_table[items])  # (M + S, item_dim)

@@ -16,7 +16,13 @@ from training.data import Dataset
 from training.errors import ConfigError
 from training.evaluate.report import MAIN_METRICS
 from training.generator.cooccurrence import alignment_positives
-from training.generator.losses import GeneratorObjective, LossConfig, PositiveTables, dot_loss
+from training.generator.losses import (
+    GeneratorObjective,
+    LossConfig,
+    PositiveTables,
+    dot_loss,
+    smoothed_cross_entropy,
+)
 from training.generator.model import GeneratorConfig, SidrecGenerator
 from training.generator.train import (
     EvalConfig,
@@ -63,6 +69,20 @@ def test_dot_loss_smooths_over_the_candidates_it_offers(shop: Dataset) -> None:
             expected.append(0.8 * -log_p[0] - 0.2 * log_p.mean())
         assert torch.isfinite(loss)
         assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-5)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
+def test_smoothed_cross_entropy_matches_torch_in_value_and_gradient(smoothing: float) -> None:
+    torch.manual_seed(0)
+    logits = (5 * torch.randn(7, 300, dtype=torch.float64)).requires_grad_()
+    targets = torch.randint(300, (7,))
+    ours = smoothed_cross_entropy(logits, targets, smoothing)
+    (ours_grad,) = torch.autograd.grad(3 * ours, logits)
+    theirs = F.cross_entropy(logits, targets, label_smoothing=smoothing)
+    (theirs_grad,) = torch.autograd.grad(3 * theirs, logits)
+    assert torch.allclose(ours, theirs)
+    assert torch.allclose(ours_grad, theirs_grad)
+    assert torch.autograd.gradcheck(lambda x: smoothed_cross_entropy(x, targets, smoothing), (logits,))
 
 
 def test_loss_decreases_on_a_fixed_batch(shop: Dataset) -> None:
