@@ -158,9 +158,10 @@ SHED_PATHS = frozenset({"/recommend", "/recommend/batch"})
 
 
 class ShedEarly:
-    """429 + Retry-After for a recommendation that finds the request queue full, before its body is
+    """Admits a recommendation, counted until it is answered, or refuses it with 429 + Retry-After
+    when the service already holds ``SIDREC_QUEUE_SIZE`` (``MicroBatcher.full``), before its body is
     even read: refused in the route, it would first be parsed and validated, work spent only to
-    refuse it and taken from the requests being answered. Refusing here costs a length check.
+    refuse it and taken from the requests being answered. Refusing here costs a comparison.
     """
 
     def __init__(self, app: ASGIApp, service: Callable[[], ServiceState | None]) -> None:
@@ -169,12 +170,21 @@ class ShedEarly:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.service() if scope["type"] == "http" and scope["path"] in SHED_PATHS else None
-        if state is None or scope["method"] != "POST" or not state.batcher.full:
+        if state is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        refused = state.batcher.refusal()
-        headers = {"Retry-After": str(max(1, round(refused.retry_after)))}
-        await JSONResponse({"detail": str(refused)}, status_code=429, headers=headers)(scope, receive, send)
+        batcher = state.batcher
+        if batcher.full:
+            refused = batcher.refusal()
+            headers = {"Retry-After": str(max(1, round(refused.retry_after)))}
+            answer = JSONResponse({"detail": str(refused)}, status_code=429, headers=headers)
+            await answer(scope, receive, send)
+            return
+        batcher.admitted += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            batcher.admitted -= 1
 
 
 class RequestMetrics:

@@ -9,11 +9,19 @@ answering whatever has arrived between two steps. A batch is only gathered once 
 so requests wait in the queue, not in a thread. Every request carries its own future: a batch that
 fails is retried one request at a time so each caller gets its own result or its own error.
 
-Overload control is two fixed rules. A full queue (``SIDREC_QUEUE_SIZE``) refuses at once
-(``Overloaded`` -> 429 + Retry-After, ``sidrec_rejected_total``; ``service.app`` asks ``full`` before
-it reads a recommendation's body). Every job carries a deadline (``SIDREC_REQUEST_TIMEOUT_MS``); one
-that passed while it queued is dropped before the model (``DeadlineExceeded`` -> 503,
-``sidrec_expired_total``), so work nobody waits for never delays the requests behind it.
+Overload control is two fixed rules. The first bounds the recommendations in the service at once,
+from the moment ``service.app.ShedEarly`` admits one (before its body is read) to its answer:
+``SIDREC_QUEUE_SIZE``, by default one batch (``SIDREC_MAX_BATCH_SIZE``). The next is refused at once
+(``Overloaded`` -> 429 + Retry-After, ``sidrec_rejected_total``), so whatever the load an admitted
+request waits for at most the batch being decoded and then decodes in its own: the batch size, not
+the load, sets the admitted latency (a full batch should decode within the latency target). A larger
+bound would carry no more: past capacity it is always full, and every admitted request waits through
+all of it, which turns what should be a fast refusal into a slow answer. It counts requests, not only
+the queue, because on a busy core a request spends as long being read and parsed as waiting: bounded
+only in the queue, those in between pile up unseen and are refused late, after the work of parsing
+them. The second rule: every job carries a deadline (``SIDREC_REQUEST_TIMEOUT_MS``); one that passed
+while it queued is dropped before the model (``DeadlineExceeded`` -> 503, ``sidrec_expired_total``),
+so work nobody waits for never delays the requests behind it.
 
 Each job also carries the ``Recommender`` its ids were resolved against; a batch only groups jobs of
 the same one, so after ``/admin/reload`` queued requests still finish on the bundle they started on.
@@ -65,6 +73,8 @@ class MicroBatcher:
         self.workers = workers
         self.in_loop = in_loop
         self.max_wait_s = max_wait_ms / 1000
+        self.limit = queue_size
+        self.admitted = 0  # recommendations ``service.app.ShedEarly`` let in and that are not answered
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
         self._metrics = metrics
         self._free = asyncio.Semaphore(workers)
@@ -92,12 +102,14 @@ class MicroBatcher:
 
     @property
     def full(self) -> bool:
-        return self._queue.full()
+        """Whether a new request would go over the limit: counted from the moment it is admitted
+        (being read, waiting or decoding), or, for what is submitted without that, in the queue."""
+        return self.admitted >= self.limit or self._queue.full()
 
     def refusal(self) -> Overloaded:
-        """Count and return the refusal of a request that finds the queue full."""
+        """Count and return the refusal of a request that finds the service full."""
         self._metrics.rejected.inc()
-        return Overloaded(f"request queue is full ({self._queue.qsize()} waiting); retry shortly")
+        return Overloaded(f"request queue is full (SIDREC_QUEUE_SIZE {self.limit}); retry shortly")
 
     async def submit(
         self, recommender: Recommender, query: Query, deadline: float = math.inf

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from service.manifest import Manifest, load_manifest
 from service.prefix_index import PrefixIndex
 from service.text_encoder import TfidfSvdTextEncoder
 
-__all__ = ["Catalogue", "LoadedBundle", "available_providers", "load_bundle"]
+__all__ = ["Catalogue", "LoadedBundle", "Pace", "available_providers", "load_bundle"]
 
 log = logging.getLogger("sidrec.bundle")
 
@@ -98,6 +100,10 @@ def available_providers(requested: list[str]) -> list[str]:
     return chosen if "CPUExecutionProvider" in chosen else [*chosen, "CPUExecutionProvider"]
 
 
+def _no_pause() -> None:
+    pass
+
+
 def _session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -113,12 +119,42 @@ def _session(path: Path, providers: list[str], threads: int) -> ort.InferenceSes
         raise BundleError(f"{path}: onnxruntime cannot load it ({exc})") from exc
 
 
-def load_bundle(path: Path, providers: list[str], threads: int | None = None) -> LoadedBundle:
-    """Verify and load the bundle at ``path``; raises ``BundleError`` naming what does not match."""
-    manifest = load_manifest(path, verify=True)
+class Pace:
+    """Keeps the calling thread to ``share`` of a CPU: each call sleeps in proportion to the CPU time
+    the thread used since the previous one. A reload loads beside the serving: unpaced it takes half
+    a busy core while it runs, and near the rated load the requests meanwhile find the service full.
+    Not a lower OS priority: a thread holding the GIL that other processes keep off the CPU would
+    stop the event loop too."""
+
+    def __init__(self, share: float) -> None:
+        self.rest = 1 / share - 1  # seconds asleep per second of CPU
+        self._mark = time.thread_time()
+
+    def __call__(self) -> None:
+        time.sleep((time.thread_time() - self._mark) * self.rest)
+        self._mark = time.thread_time()
+
+
+def load_bundle(
+    path: Path,
+    providers: list[str],
+    threads: int | None = None,
+    pause: Callable[[], None] | None = None,
+    serving: LoadedBundle | None = None,
+) -> LoadedBundle:
+    """Verify and load the bundle at ``path``; raises ``BundleError`` naming what does not match.
+
+    ``pause``: called between two pieces of the work (``Pace``). ``serving``: the bundle being served,
+    whose text encoder (by far the largest table, shared by the bundles of one tokenizer) is taken
+    rather than read again when both manifests give it the same sha256; the file is still hashed.
+    """
+    pause = pause or _no_pause
+    manifest = load_manifest(path, verify=False)
+    manifest.verify_files(path, pause)
     chosen = available_providers(providers)
     sessions = {}
     for name, graph in manifest.graphs.items():
+        pause()
         session = _session(path / graph.file, chosen, threads or cpu_limit())
         graph.check_io(name, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
         stamped = session.get_modelmeta().custom_metadata_map.get("bundle_id")
@@ -127,6 +163,7 @@ def load_bundle(path: Path, providers: list[str], threads: int | None = None) ->
                 f"{path / graph.file}: graph carries bundle_id {stamped!r}, manifest {manifest.bundle_id!r}"
             )
         sessions[name] = session
+    pause()
     provider = sessions["generator_step"].get_providers()[0]
     try:
         sids = np.load(path / manifest.tables["sids"].file, allow_pickle=False)
@@ -139,10 +176,13 @@ def load_bundle(path: Path, providers: list[str], threads: int | None = None) ->
             f"{path}/sids.npy: {sids.dtype} {sids.shape}, "
             f"expected int64 ({manifest.n_items}, {spec.id_length})"
         )
+    pause()
     index = PrefixIndex.load(path / manifest.tables["prefix_index"].file)
     if index.n_items != manifest.n_items or index.codebook_size != spec.codebook_size:
         raise BundleError(f"{path}/prefix_index.npz does not match the manifest's ID spec")
+    pause()
     catalogue = Catalogue.read(path / manifest.tables["catalogue"].file, manifest.n_items)
+    pause()
     item_table = None
     if "item_table" in manifest.tables:
         try:
@@ -155,13 +195,20 @@ def load_bundle(path: Path, providers: list[str], threads: int | None = None) ->
                 f"expected float32 ({manifest.n_items}, item_dim)"
             )
     text_encoder = None
-    if "text_encoder" in manifest.tables:
-        text_encoder = TfidfSvdTextEncoder.load(path / manifest.tables["text_encoder"].file)
-        if text_encoder.dim != manifest.embedding_dim:
+    encoder_file = manifest.tables.get("text_encoder")
+    if encoder_file is not None:
+        served = serving.manifest.tables.get("text_encoder") if serving is not None else None
+        if serving is not None and served is not None and served.sha256 == encoder_file.sha256:
+            text_encoder = serving.text_encoder  # the same bytes, already loaded (and never changed)
+        else:
+            pause()
+            text_encoder = TfidfSvdTextEncoder.load(path / encoder_file.file)
+        if text_encoder is not None and text_encoder.dim != manifest.embedding_dim:
             raise BundleError(
-                f"{path}/{manifest.tables['text_encoder'].file}: embeds into {text_encoder.dim} "
+                f"{path}/{encoder_file.file}: embeds into {text_encoder.dim} "
                 f"dimensions, the tokenizer reads {manifest.embedding_dim}"
             )
+    pause()
     log.info("loaded bundle %s from %s on %s", manifest.bundle_id, path, provider)
     return LoadedBundle(
         path, manifest, sessions, provider, sids, index, tags["levels"], catalogue, item_table, text_encoder

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -201,13 +201,13 @@ class Manifest(_Strict):
         """Every file of the bundle by its logical name."""
         return {**self.graphs, **self.tables}
 
-    def verify_files(self, bundle_dir: Path) -> None:
+    def verify_files(self, bundle_dir: Path, pause: Callable[[], None] | None = None) -> None:
         """Raise ``BundleError`` naming the first file that is missing or fails its sha256."""
         for name, spec in self.files().items():
             path = bundle_dir / spec.file
             if not path.is_file():
                 raise BundleError(f"{path}: missing ({name} is listed in {MANIFEST_FILE})")
-            digest = sha256_file(path)
+            digest = sha256_file(path, pause)
             if digest != spec.sha256:
                 raise BundleError(
                     f"{path}: sha256 {digest[:12]}… does not match the manifest's {spec.sha256[:12]}…"
@@ -219,12 +219,15 @@ class Manifest(_Strict):
         return path
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks so large graphs do not load into memory twice."""
+def sha256_file(path: Path, pause: Callable[[], None] | None = None) -> str:
+    """Hex sha256 of a file, read in chunks so large graphs do not load into memory twice (``pause``
+    after each: ``service.bundle.Pace``)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
+            if pause is not None:
+                pause()
     return digest.hexdigest()
 
 

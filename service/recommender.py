@@ -340,17 +340,6 @@ class Recommender:
         )
         return codes[0].astype(np.int64), [int(t[0].argmax()) for t in tag_logits]
 
-    def assign_id(self, embedding: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """A new item's full ID (smallest free disambiguation code under its tuple) and tag ids."""
-        codes, tags = self.tokenize(embedding)
-        snapshot = self.snapshot
-        same = (snapshot.sids[:, : self.levels] == codes).all(axis=1)  # (n_items,)
-        used = np.zeros(self.codebook_size, dtype=bool)
-        used[snapshot.sids[same, self.levels]] = True
-        if used.all():
-            raise InvalidRequest(f"embedding: all {self.codebook_size} IDs under {codes.tolist()} are taken")
-        return np.append(codes, np.argmin(used)), tags  # (D,)
-
     def insert_item(
         self, item_id: str, sid: np.ndarray, title: str, category_path: list[str], tags: list[int]
     ) -> int:

@@ -188,7 +188,7 @@ async def model_info(state: State, operator: Operator) -> dict[str, Any]:
             "max_batch_size": batcher.max_batch_size,
             "max_wait_ms": batcher.max_wait_s * 1000,
             "decode_in_loop": batcher.in_loop,
-            "queue_size": state.settings.queue_size,
+            "queue_size": state.settings.queue_limit,
             "batch_workers": batcher.workers,
             "threads_per_session": DecodingLayout.for_cpus(cpu_limit()).threads,
             "cpu_limit": cpu_limit(),

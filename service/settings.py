@@ -50,8 +50,14 @@ class Settings(BaseSettings):
         description="requests per micro-batch at most (the rest of the decoding layout follows from the "
         "CPU limit: service/layout.py)",
     )
-    queue_size: int = Field(
-        256, ge=1, le=100_000, description="requests waiting for the model; the next gets 429 + Retry-After"
+    queue_size: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="recommendations in the service at once (being read, waiting or decoding); the next "
+        "gets 429 + Retry-After before its body is read. Unset = max_batch_size: an admitted request "
+        "waits for at most the batch being decoded, so overload turns into fast 429s, not slow "
+        "answers (service/batcher.py)",
     )
     request_timeout_ms: float = Field(
         2000.0,
@@ -102,6 +108,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @property
+    def queue_limit(self) -> int:
+        """Requests the queue holds: ``queue_size``, by default one batch."""
+        return self.queue_size or self.max_batch_size
 
     @property
     def provider_list(self) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from service.batcher import MicroBatcher
-from service.bundle import LoadedBundle, load_bundle
+from service.bundle import LoadedBundle, Pace, load_bundle
 from service.errors import BundleError, InvalidRequest, UnknownItem
 from service.explanations import TagScore, ground
 from service.fleet import FleetFollower
@@ -76,6 +76,11 @@ async def finish_within(name: str, work: Awaitable[None], seconds: float) -> boo
     return True
 
 
+#: at most this share of a CPU goes to loading a bundle while another one serves (``Pace``): on a
+#: core near its rated load the rest is what keeps the requests of a reload within their deadline
+RELOAD_CPU_SHARE = 0.25
+
+
 def _tags(scores: list[TagScore]) -> list[TagOut]:
     return [TagOut(tag=t.tag, confidence=t.confidence, matches_category=t.matches_category) for t in scores]
 
@@ -114,7 +119,7 @@ class ServiceState:
         batcher = MicroBatcher(
             settings.max_batch_size,
             layout.wait_ms,
-            settings.queue_size,
+            settings.queue_limit,
             metrics,
             workers=layout.workers,
             in_loop=layout.in_loop,
@@ -147,12 +152,19 @@ class ServiceState:
         gc.unfreeze()  # the bundle is no longer needed: let the collector have it
 
     @staticmethod
-    def _load(settings: Settings, path: Path) -> Recommender:
+    def _load(
+        settings: Settings, path: Path, serving: LoadedBundle | None = None, cpu_share: float | None = None
+    ) -> Recommender:
         """Load, verify and warm a bundle: one request of the default size runs through every graph
         here, off the serving path, so a graph that cannot run is refused like any other bad bundle
-        and the first requests served do not pay for onnxruntime's first-run allocations."""
-        bundle = load_bundle(path, settings.provider_list, DecodingLayout.for_cpus(cpu_limit()).threads)
+        and the first requests served do not pay for onnxruntime's first-run allocations.
+        ``serving``: see ``load_bundle``; ``cpu_share``: the calling thread's ``Pace`` (a reload)."""
+        pace = Pace(cpu_share) if cpu_share is not None else None
+        threads = DecodingLayout.for_cpus(cpu_limit()).threads
+        bundle = load_bundle(path, settings.provider_list, threads, pace, serving)
         recommender = Recommender(bundle)
+        if pace is not None:
+            pace()
         decoding = bundle.manifest.decoding
         try:
             recommender.recommend([Query(history=[0], k=min(decoding.k, decoding.beam), beam=decoding.beam)])
@@ -215,7 +227,8 @@ class ServiceState:
         path = self.bundle_dir(name)
         async with self.reload_lock:
             try:
-                fresh = await asyncio.to_thread(self._load, self.settings, path)
+                share = RELOAD_CPU_SHARE
+                fresh = await asyncio.to_thread(self._load, self.settings, path, self.bundle, share)
             except BundleError as exc:
                 log.error("reload of %s refused, still serving %s: %s", path, self.bundle.bundle_id, exc)
                 reason = str(exc).replace(f"{path}/", "").replace(str(path), "the bundle directory")
@@ -224,9 +237,7 @@ class ServiceState:
                 ) from None
             await self._attach(fresh)
             previous, self.recommender = self.bundle.bundle_id, fresh
-            # What requests in flight still hold of the old bundle may be frozen with the rest; the
-            # next reload's freeze_heap unfreezes and collects it.
-            freeze_heap()
+            freeze_heap()  # the old bundle goes with the last request that holds it
         log.info("reloaded: %s -> %s", previous, fresh.bundle.bundle_id)
         if announce:
             pointer = {"bundle": name, "bundle_id": fresh.bundle.bundle_id, "at": time.time()}
@@ -260,22 +271,17 @@ class ServiceState:
                 f"k/beam: this bundle allows k <= {decoding.max_k} and beam <= {decoding.max_beam}"
             )
         known = recommender.bundle.catalogue.position
-        if request.history:
-            history = [known[i] for i in request.history if i in known]
-            if not history:
-                raise InvalidRequest("history: none of its items are in this bundle's catalogue")
-            ignored = list(dict.fromkeys(i for i in request.history if i not in known))
-        else:
-            assert request.user_id is not None  # the schema requires one of them
-            stored = await self.store.history(request.user_id)
-            if not stored:
-                raise InvalidRequest(f"user_id: {request.user_id!r} has no events; send a history")
-            history = [known[i] for i in stored if i in known]  # items of an older bundle are skipped
-            if not history:
-                raise InvalidRequest(
-                    f"user_id: none of {request.user_id!r}'s events are in this bundle's catalogue"
-                )
-            ignored = list(dict.fromkeys(i for i in stored if i not in known))
+        items, whose = request.history, "history: none of its items are"
+        if not items:
+            user = request.user_id
+            assert user is not None  # the schema requires one of them
+            items, whose = await self.store.history(user), f"user_id: none of {user!r}'s events are"
+            if not items:
+                raise InvalidRequest(f"user_id: {user!r} has no events; send a history")
+        history = [known[i] for i in items if i in known]  # items of an older bundle are skipped
+        if not history:
+            raise InvalidRequest(f"{whose} in this bundle's catalogue")
+        ignored = list(dict.fromkeys(i for i in items if i not in known))
         tag_path = request.filter.tag_path if request.filter else None
         if tag_path is not None:
             recommender.filter_rows(tag_path, recommender.snapshot)  # fail fast, before batching

@@ -8,12 +8,14 @@ Each test starts what it breaks (its own ``redis-server`` on a free port, its ow
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import random
 import re
 import shutil
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,14 +27,14 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.batcher import MicroBatcher
-from service.bundle import load_bundle
+from service.bundle import Pace, load_bundle
 from service.errors import DeadlineExceeded
 from service.manifest import SCHEMA_VERSION, sha256_file
 from service.metrics import ServiceMetrics
 from service.recommender import Query, Recommender
 from service.store import Backoff, RedisStore
 from tests.service.conftest import API_KEY, free_port, settings_for, start_redis_server
-from tests.training.export.tiny_run import TinyRun
+from tests.training.export.tiny_run import TEXT_ENCODER, TinyRun
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = {"X-API-Key": API_KEY}
@@ -250,32 +252,59 @@ def test_reload_under_concurrent_requests_fails_nothing(tiny_run: TinyRun, tmp_p
             tokenizer=tiny_run.tokenizer,
             embedding_dim=tiny_run.embeddings.shape[1],
             generator=tiny_run.generator,
-            configs={},
-            metrics={},
+            text_encoder=TEXT_ENCODER,
+            item_texts=dataset.item_texts(),
         ),
         root / "b",
     )
     ids = {json.loads((root / n / "manifest.json").read_text())["bundle_id"] for n in ("a", "b")}
     assert len(ids) == 2
-    with TestClient(create_app(settings_for(root / "a", bundle_root=root))) as client:
-        history = item_ids(client, 4)
-        done = False
+    replaced: list[weakref.ref[Recommender]] = []
+    gc.disable()  # what a reload replaces must go by reference counting alone (service.memory)
+    try:
+        with TestClient(create_app(settings_for(root / "a", bundle_root=root))) as client:
+            service = client.app.state.service  # type: ignore[attr-defined]
+            history = item_ids(client, 4)
+            assert client.post("/events", json={"user_id": "u", "item_ids": history}, headers=KEY).is_success
+            encoder = service.bundle.text_encoder
+            done = False
 
-        def hammer(_: int) -> list[tuple[int, str]]:
-            answers = []
-            while not done or not answers:
-                response = client.post("/recommend", json={"history": history, "k": 5})
-                answers.append((response.status_code, response.json().get("bundle_id", "")))
-            return answers
+            def hammer(n: int) -> list[tuple[int, str]]:
+                answers = []
+                body = {"history": history, "k": 5} if n % 2 else {"user_id": "u", "k": 5}
+                while not done or not answers:
+                    response = client.post("/recommend", json=body)
+                    answers.append((response.status_code, response.json().get("bundle_id", "")))
+                return answers
 
-        with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(hammer, n) for n in range(6)]
-            for name in ("b", "a", "b", "a", "b"):
-                assert client.post("/admin/reload", json={"bundle": name}, headers=KEY).status_code == 200
-            done = True
-            answers = [answer for future in futures for answer in future.result()]
+            with ThreadPoolExecutor(6) as pool:
+                futures = [pool.submit(hammer, n) for n in range(6)]
+                for name in ("b", "a", "b", "a", "b", "a", "b"):
+                    replaced.append(weakref.ref(service.recommender))
+                    reloaded = client.post("/admin/reload", json={"bundle": name}, headers=KEY)
+                    assert reloaded.status_code == 200, reloaded.text
+                done = True
+                answers = [answer for future in futures for answer in future.result()]
+            # one export's bundles share the text encoder: a reload takes it rather than read it again
+            assert service.bundle.text_encoder is encoder
+            assert [ref() is None for ref in replaced] == [True] * len(replaced), "a replaced bundle leaks"
+            assert gc.get_freeze_count() > 0, "the heap stays frozen across reloads"
+    finally:
+        gc.enable()
     assert {status for status, _ in answers} == {200}
     assert {bundle for _, bundle in answers} <= ids and len(answers) >= 12
+
+
+def test_a_paced_thread_takes_at_most_its_share_of_a_cpu() -> None:
+    """``Pace``, which a reload loads under: whatever the machine does, it sleeps three seconds for
+    each second of CPU at a quarter share."""
+    pace = Pace(0.25)
+    started, cpu = time.perf_counter(), time.thread_time()
+    while time.thread_time() - cpu < 0.1:
+        sum(range(10_000))
+        pace()
+    wall, used = time.perf_counter() - started, time.thread_time() - cpu
+    assert used / wall <= 0.26, (used, wall)
 
 
 # ------------------------------------------------------------------------------------------ access

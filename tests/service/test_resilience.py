@@ -97,6 +97,40 @@ def test_full_queue_refuses_quickly_and_admitted_requests_finish(tiny_run: TinyR
     assert served >= 4 and refused >= 1 and served + refused == 40
 
 
+def test_the_service_holds_one_batch_of_recommendations_and_refuses_the_rest_at_once(
+    tiny_run: TinyRun,
+) -> None:
+    """By default at most one batch of recommendations is in the service at once, counted from their
+    admission (before the body is read) to their answer: under a flood the rest get 429 within a
+    few milliseconds in the service, and the admitted ones are answered."""
+    settings = settings_for(tiny_run.bundle, max_batch_size=3)
+    assert settings.queue_size is None and settings.queue_limit == 3
+    assert settings_for(tiny_run.bundle, queue_size=9).queue_limit == 9
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        history = some_history(client)
+        seen: list[int] = []  # requests in the service whenever a batch decodes
+        original = service.recommender.recommend
+
+        def slow(batch: list[Query], on_step: object = None) -> list:
+            seen.append(service.batcher.admitted)
+            time.sleep(0.05)
+            return original(batch, on_step)
+
+        service.recommender.recommend = slow
+        with ThreadPoolExecutor(12) as pool:
+            answers = pool.map(lambda _: client.post("/recommend", json={"history": history}), range(48))
+            statuses = [answer.status_code for answer in answers]
+        metrics = client.get("/metrics").text
+    assert set(statuses) == {200, 429} and max(seen) <= 3, (statuses, seen)
+    # never after waiting for a batch (50 ms); 25 ms, not the 5 ms of a service of its own: here twelve
+    # client threads share the interpreter with the app, and each may hold it for 5 ms
+    refused = statuses.count(429)
+    bucket = '{le="0.025",route="/recommend",status="429"}'
+    fast = f"sidrec_request_latency_seconds_bucket{bucket} {refused:.1f}"
+    assert fast in metrics and f"sidrec_rejected_total {refused:.1f}" in metrics
+
+
 def test_overload_is_429_with_retry_after(tiny_run: TinyRun) -> None:
     settings = settings_for(tiny_run.bundle, queue_size=1, max_batch_size=1)
     with TestClient(create_app(settings)) as client:
@@ -128,7 +162,7 @@ def test_a_full_queue_refuses_before_reading_the_body(tiny_run: TinyRun) -> None
         for path in ("/recommend", "/recommend/batch"):
             refused = client.post(path, **malformed)
             assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
-            assert refused.json() == {"detail": "request queue is full (1 waiting); retry shortly"}
+            assert refused.json() == {"detail": "request queue is full (SIDREC_QUEUE_SIZE 1); retry shortly"}
         assert client.get("/items", params={"limit": 1}).status_code == 200
         metrics = client.get("/metrics").text
         assert 'sidrec_request_latency_seconds_count{route="/recommend",status="429"} 1.0' in metrics

@@ -61,7 +61,10 @@ def test_head_graphs_match_torch(tiny_run: TinyRun) -> None:
 
 def test_a_cold_item_is_scored_by_the_head(tiny_run: TinyRun) -> None:
     recommender = Recommender(load_bundle(tiny_run.dot_bundle, CPU, threads=1))
-    sid, tags = recommender.assign_id(tiny_run.embeddings[0].astype(np.float64))
+    codes, tags = recommender.tokenize(tiny_run.embeddings[0].astype(np.float64))
+    sids, levels = recommender.snapshot.sids, recommender.levels
+    taken = set(sids[(sids[:, :levels] == codes).all(axis=1), levels].tolist())
+    sid = np.append(codes, min(set(range(recommender.codebook_size)) - taken))  # a free ID
     row = recommender.insert_item("brand-new", sid, "brand new", ["Shop"], tags)
     vectors = recommender.snapshot.item_vectors
     assert vectors is not None and vectors.shape[0] == row + 1
