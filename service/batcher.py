@@ -11,8 +11,10 @@ fails is retried one request at a time so each caller gets its own result or its
 
 Overload control is two fixed rules. The first bounds the recommendations in the service at once,
 from the moment ``service.app.ShedEarly`` admits one (before its body is read) to its answer:
-``SIDREC_QUEUE_SIZE``, by default one batch (``SIDREC_MAX_BATCH_SIZE``). The next is refused at once
-(``Overloaded`` -> 429 + Retry-After, ``sidrec_rejected_total``), so whatever the load an admitted
+``SIDREC_QUEUE_SIZE``, by default one batch (``SIDREC_MAX_BATCH_SIZE``); a ``/recommend/batch`` is
+admitted as one and, once read, counts as all it holds (it is never refused in part). The next is
+refused at once (``Overloaded`` -> 429 + Retry-After, ``sidrec_rejected_total``), so whatever the
+load an admitted
 request waits for at most the batch being decoded and then decodes in its own: the batch size, not
 the load, sets the admitted latency (a full batch should decode within the latency target). A larger
 bound would carry no more: past capacity it is always full, and every admitted request waits through
@@ -65,8 +67,9 @@ class MicroBatcher:
         workers: int = 1,
         in_loop: bool = False,
     ) -> None:
-        """``workers``: batches decoding at once (each ``Recommender.recommend`` in its own thread);
-        ``in_loop``: decode on the event loop, step by step, instead of in threads (see above)."""
+        """``queue_size``: recommendations admitted at once (``full``, see above); ``workers``: batches
+        decoding at once (each ``Recommender.recommend`` in its own thread); ``in_loop``: decode on
+        the event loop, step by step, instead of in threads (see above)."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.max_batch_size = max_batch_size
@@ -74,8 +77,8 @@ class MicroBatcher:
         self.in_loop = in_loop
         self.max_wait_s = max_wait_ms / 1000
         self.limit = queue_size
-        self.admitted = 0  # recommendations ``service.app.ShedEarly`` let in and that are not answered
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
+        self.admitted = 0  # recommendations let in (``service.app.ShedEarly``) and not answered yet
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()  # bounded by what is admitted
         self._metrics = metrics
         self._free = asyncio.Semaphore(workers)
         self._task: asyncio.Task[None] | None = None
@@ -102,9 +105,7 @@ class MicroBatcher:
 
     @property
     def full(self) -> bool:
-        """Whether a new request would go over the limit: counted from the moment it is admitted
-        (being read, waiting or decoding), or, for what is submitted without that, in the queue."""
-        return self.admitted >= self.limit or self._queue.full()
+        return self.admitted >= self.limit
 
     def refusal(self) -> Overloaded:
         """Count and return the refusal of a request that finds the service full."""
@@ -114,9 +115,7 @@ class MicroBatcher:
     async def submit(
         self, recommender: Recommender, query: Query, deadline: float = math.inf
     ) -> list[Recommendation]:
-        """Queue a query that must be answered by ``deadline`` (``time.perf_counter()``), or refuse it."""
-        if self._queue.full():
-            raise self.refusal()
+        """Queue an admitted query that must be answered by ``deadline`` (``time.perf_counter()``)."""
         job = _Job(recommender, query, asyncio.get_running_loop().create_future(), deadline)
         self._queue.put_nowait(job)
         return await job.future

@@ -66,7 +66,12 @@ async def recommend(body: RecommendRequest, state: State) -> RecommendResponse:
 )
 async def recommend_batch(body: BatchRequest, state: State) -> BatchResponse:
     """Several recommendations in one call; each gets its own result or its own error."""
-    outcomes = await asyncio.gather(*(state.recommend(r) for r in body.requests), return_exceptions=True)
+    more = len(body.requests) - 1  # admitted as one request, it counts as all it holds (MicroBatcher)
+    state.batcher.admitted += more
+    try:
+        outcomes = await asyncio.gather(*(state.recommend(r) for r in body.requests), return_exceptions=True)
+    finally:
+        state.batcher.admitted -= more
     results = []
     for outcome in outcomes:
         if isinstance(outcome, ServiceError):
