@@ -11,19 +11,20 @@ fails is retried one request at a time so each caller gets its own result or its
 
 Overload control is two fixed rules. The first bounds the recommendations in the service at once,
 from the moment ``service.app.ShedEarly`` admits one (before its body is read) to its answer:
-``SIDREC_QUEUE_SIZE``, by default one batch (``SIDREC_MAX_BATCH_SIZE``); a ``/recommend/batch`` is
-admitted as one and, once read, counts as all it holds (it is never refused in part). The next is
+``SIDREC_QUEUE_SIZE``, by default two batches (2 x ``SIDREC_MAX_BATCH_SIZE``); a ``/recommend/batch``
+is admitted as one and, once read, counts as all it holds (it is never refused in part). The next is
 refused at once (``Overloaded`` -> 429 + Retry-After, ``sidrec_rejected_total``), so whatever the
-load an admitted
-request waits for at most the batch being decoded and then decodes in its own: the batch size, not
-the load, sets the admitted latency (a full batch should decode within the latency target). A larger
-bound would carry no more: past capacity it is always full, and every admitted request waits through
-all of it, which turns what should be a fast refusal into a slow answer. It counts requests, not only
-the queue, because on a busy core a request spends as long being read and parsed as waiting: bounded
-only in the queue, those in between pile up unseen and are refused late, after the work of parsing
-them. The second rule: every job carries a deadline (``SIDREC_REQUEST_TIMEOUT_MS``); one that passed
-while it queued is dropped before the model (``DeadlineExceeded`` -> 503, ``sidrec_expired_total``),
-so work nobody waits for never delays the requests behind it.
+load an admitted request waits for at most the batch being decoded and then decodes in the next: the
+batch size, not the load, sets the admitted latency. Two batches, not one: with one, the next batch
+cannot gather while the current one decodes, and a burst below capacity is refused although it would
+be answered in time. A larger bound would carry no more: past capacity it is always full, and every
+admitted request waits through all of it, which turns what should be a fast refusal into a slow
+answer. It counts requests, not only the queue, because on a busy core a request spends as long being
+read and parsed as waiting: bounded only in the queue, those in between pile up unseen and are refused
+late, after the work of parsing them. The second rule: every job carries a deadline
+(``SIDREC_REQUEST_TIMEOUT_MS``); one that passed while it queued is dropped before the model
+(``DeadlineExceeded`` -> 503, ``sidrec_expired_total``), so work nobody waits for never delays the
+requests behind it.
 
 Each job also carries the ``Recommender`` its ids were resolved against; a batch only groups jobs of
 the same one, so after ``/admin/reload`` queued requests still finish on the bundle they started on.

@@ -55,9 +55,9 @@ class Settings(BaseSettings):
         ge=1,
         le=100_000,
         description="recommendations in the service at once (being read, waiting or decoding); the next "
-        "gets 429 + Retry-After before its body is read. Unset = max_batch_size: an admitted request "
-        "waits for at most the batch being decoded, so overload turns into fast 429s, not slow "
-        "answers (service/batcher.py)",
+        "gets 429 + Retry-After before its body is read. Unset = 2 x max_batch_size, the batch being "
+        "decoded and the one gathering behind it: overload turns into fast 429s, not slow answers "
+        "(service/batcher.py)",
     )
     request_timeout_ms: float = Field(
         2000.0,
@@ -111,8 +111,8 @@ class Settings(BaseSettings):
 
     @property
     def queue_limit(self) -> int:
-        """Requests the queue holds: ``queue_size``, by default one batch."""
-        return self.queue_size or self.max_batch_size
+        """Recommendations in the service at once: ``queue_size``, by default two batches."""
+        return self.queue_size or 2 * self.max_batch_size
 
     @property
     def provider_list(self) -> list[str]:

@@ -77,14 +77,14 @@ def test_redis_restart_is_picked_up(tiny_run: TinyRun, tmp_path: Path) -> None:
         server.wait(10)
 
 
-def test_the_service_holds_one_batch_of_recommendations_and_refuses_the_rest_at_once(
+def test_the_service_holds_two_batches_of_recommendations_and_refuses_the_rest_at_once(
     tiny_run: TinyRun,
 ) -> None:
-    """By default at most one batch of recommendations is in the service at once, counted from their
+    """By default at most two batches of recommendations are in the service at once, counted from their
     admission (before the body is read) to their answer: under a flood the rest get 429 within a
     few milliseconds in the service, and the admitted ones are answered."""
     settings = settings_for(tiny_run.bundle, max_batch_size=3)
-    assert settings.queue_size is None and settings.queue_limit == 3
+    assert settings.queue_size is None and settings.queue_limit == 6
     assert settings_for(tiny_run.bundle, queue_size=9).queue_limit == 9
     with TestClient(create_app(settings)) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
@@ -102,7 +102,7 @@ def test_the_service_holds_one_batch_of_recommendations_and_refuses_the_rest_at_
             answers = pool.map(lambda _: client.post("/recommend", json={"history": history}), range(48))
             statuses = [answer.status_code for answer in answers]
         metrics = client.get("/metrics").text
-    assert set(statuses) == {200, 429} and max(seen) <= 3, (statuses, seen)
+    assert set(statuses) == {200, 429} and max(seen) <= 6, (statuses, seen)
     # never after waiting for a batch (50 ms); 25 ms, not the 5 ms of a service of its own: here twelve
     # client threads share the interpreter with the app, and each may hold it for 5 ms
     refused = statuses.count(429)
