@@ -148,6 +148,9 @@ class MicroBatcher:
             task = asyncio.get_running_loop().create_task(self._run_batch(jobs))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+            # the batch is its task's now: held here while the next one is awaited, its jobs would keep
+            # the bundle they were resolved against alive after a reload until the next request
+            del jobs, task
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
         try:
