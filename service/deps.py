@@ -23,10 +23,11 @@ async def get_state(request: Request) -> ServiceState:
     return state
 
 
-async def require_api_key(
-    state: Annotated[ServiceState, Depends(get_state)],
-    x_api_key: Annotated[str | None, Header(description="the service's SIDREC_API_KEY")] = None,
-) -> None:
+State = Annotated[ServiceState, Depends(get_state)]
+_Key = Annotated[str | None, Header(description="the service's SIDREC_API_KEY")]
+
+
+async def require_api_key(state: State, x_api_key: _Key = None) -> None:
     """Write and admin endpoints: the key must match; with no key configured they are closed.
 
     The comparison is constant-time over bytes (``hmac.compare_digest`` refuses non-ASCII ``str``,
@@ -40,19 +41,13 @@ async def require_api_key(
         raise Unauthorized("X-API-Key: header missing or wrong")
 
 
-async def require_events_key(
-    state: Annotated[ServiceState, Depends(get_state)],
-    x_api_key: Annotated[str | None, Header(description="the service's SIDREC_API_KEY")] = None,
-) -> None:
+async def require_events_key(state: State, x_api_key: _Key = None) -> None:
     """``POST /events`` needs the key unless ``SIDREC_EVENTS_NEED_KEY=false`` (behind a trusted proxy)."""
     if state.settings.events_need_key:
         await require_api_key(state, x_api_key)
 
 
-async def is_operator(
-    state: Annotated[ServiceState, Depends(get_state)],
-    x_api_key: Annotated[str | None, Header(description="the service's SIDREC_API_KEY")] = None,
-) -> bool:
+async def is_operator(state: State, x_api_key: _Key = None) -> bool:
     """Whether the caller sent the right API key (for endpoints that show operators more)."""
     try:
         await require_api_key(state, x_api_key)
@@ -61,7 +56,6 @@ async def is_operator(
     return True
 
 
-State = Annotated[ServiceState, Depends(get_state)]
 Operator = Annotated[bool, Depends(is_operator)]
 ApiKey = Depends(require_api_key)
 EventsKey = Depends(require_events_key)
