@@ -8,10 +8,10 @@ depth) and one gather per step yields, for every beam, the child node of each of
 ``(n_nodes, K)`` tables (small: at most ``K`` rows at depth 1); deeper depths, where nodes are as
 many as items, are stored as CSR. A node's children are a contiguous run of the CSR arrays, so the
 children of a batch's states are read as ``(N, fan)`` lists, ``fan`` the most children one of those
-states has (at most ``K``; 10 and 6 on Beauty), a short row repeating its last child (writing the
-same child twice is harmless): a handful of numpy calls per level, which is what a batch-1 request
-pays for masking, and nothing held beside the CSR arrays (a table padded to the widest node of the
-catalogue would hold ``n_s × fan_s`` entries: gigabytes at 10^6 items, where some prefix is full).
+states has (at most ``K``), a short row repeating its last child (writing the same child twice is
+harmless): a handful of numpy calls per level, which is what a batch-1 request pays for masking, and
+nothing held beside the CSR arrays (a table padded to the widest node of the catalogue would hold
+``n_s × fan_s`` entries: gigabytes at 10^6 items, where some prefix is full).
 
 Nodes of each depth are numbered in lexicographic order of their prefixes, so every node covers a
 contiguous range of leaves in sorted-ID order: ``leaf_start[s][n] .. leaf_start[s][n + 1]``. That
@@ -71,9 +71,8 @@ class PrefixIndex:
         n_items, depth = sids.shape
         order = np.lexsort(sids.T[::-1])  # (n_items,) leaves in lexicographic ID order
         sorted_ids = sids[order]  # (n_items, D)
-        same_as_prev = np.zeros(
-            (n_items, depth + 1), dtype=bool
-        )  # [j, s]: prefix of length s equals leaf j-1's
+        # [j, s]: the prefix of length s of leaf j equals leaf j-1's
+        same_as_prev = np.zeros((n_items, depth + 1), dtype=bool)
         same_as_prev[1:, 0] = True
         same_as_prev[1:, 1:] = np.cumprod(sorted_ids[1:] == sorted_ids[:-1], axis=1).astype(bool)
         if same_as_prev[1:, depth].any():
@@ -155,18 +154,9 @@ class PrefixIndex:
             "id_length": np.array(self.id_length),
             "leaf_item": self.leaf_item,
         }
-        for s, table in enumerate(self.dense):
-            arrays[f"dense_{s}"] = table
-        for i, (indptr, codes, child) in enumerate(
-            zip(self.csr_indptr, self.csr_codes, self.csr_child, strict=True)
-        ):
-            arrays[f"csr_indptr_{i}"], arrays[f"csr_codes_{i}"], arrays[f"csr_child_{i}"] = (
-                indptr,
-                codes,
-                child,
-            )
-        for s, start in enumerate(self.leaf_start):
-            arrays[f"leaf_start_{s}"] = start
+        for name in ("dense", "csr_indptr", "csr_codes", "csr_child", "leaf_start"):  # one array per depth
+            for s, array in enumerate(getattr(self, name)):
+                arrays[f"{name}_{s}"] = array
         with path.open("wb") as handle:
             np.savez(handle, **arrays)  # type: ignore[arg-type]
 
