@@ -109,8 +109,7 @@ def _session(path: Path, providers: list[str], threads: int) -> ort.InferenceSes
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # Idle workers sleep instead of spinning: between the many small step calls a spinning pool takes
-    # the cores that the event loop (and, in a load test, the client) need; on 2 cores it nearly
-    # tripled p50 at 60 req/s.
+    # the cores that the event loop (and, in a load test, the client) need.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     try:

@@ -99,15 +99,14 @@ class DecodingLayout:
     def for_cpus(cls, cpus: int) -> DecodingLayout:
         """The layout for a process allowed ``cpus`` CPUs.
 
-        - One batch worker per 4 CPUs (at least 1), the CPUs shared out as intra-op threads. Two
-          single-threaded workers on 2 cores decoded 1.7x the requests of one two-threaded worker in
-          process (``benchmarks/serving.py --workers 2``) but halved the closed-loop throughput over
-          HTTP (185 vs 378 req/s, ``benchmarks/reliability.py``): the event loop needs a core of its
-          own, and two workers holding the GIL between graph calls starve it.
+        - One batch worker per 4 CPUs (at least 1), the CPUs shared out as intra-op threads. More
+          workers decode more in process (``benchmarks/serving.py --workers 2``) but less over HTTP
+          (``benchmarks/reliability.py``): the event loop needs a core of its own, and workers
+          holding the GIL between graph calls starve it.
         - On a single CPU the event loop decodes each batch itself, step by step (a thread there buys
           no parallelism, only GIL and core hand-offs), and a batch does not wait to fill up: the
-          requests it would wait for arrive during the decode anyway (at twice the rated load,
-          admitted p99 71.6 vs 98.3 ms, ``benchmarks/results/ab-gather-wait.json``).
+          requests it would wait for arrive during the decode anyway
+          (``benchmarks/results/ab-gather-wait.json``).
         - With decoding threads a batch waits 2 ms for more requests, so a burst shares one decode.
         """
         workers = max(1, cpus // 4)

@@ -2,8 +2,7 @@
 
 Decoding allocates the same few arrays of 0.1–5 MB at every ID level of every batch (logits, masks,
 the self-attention cache). glibc's allocator serves blocks that large with fresh ``mmap`` pages and
-returns them on ``free``, so each batch page-faults its working set in again: measured on Beauty
-(batch 64, beam 20, one core) that was about a sixth of a batch's time (``python -m
+returns them on ``free``, so each batch page-faults its working set in again (``python -m
 benchmarks.serving``; docs/RESULTS.md "Serving speed"). ``tune_allocator`` keeps such blocks in the
 heap, where freed memory is reused; the heap's high-water mark is bounded by the largest batch, so
 memory does not grow (the reliability soak watches the RSS). ``freeze_heap`` keeps the collector off
@@ -51,11 +50,11 @@ def freeze_heap() -> None:
     collector's reach.
 
     A loaded bundle is ~10^5 long-lived Python objects (catalogue rows, id maps, tag paths), and every
-    full collection walked them all: on the Beauty catalogue a stop of the whole process of ~50 ms,
-    falling on whichever requests were in flight, more often the higher the load. Frozen objects are
-    still freed by reference counting, which is how a bundle that a reload replaced goes (it holds no
-    reference cycle: a test checks it); so after a reload this collects only what was made since the
-    last freeze, mostly the new bundle, instead of walking both bundles while requests wait.
+    full collection walked them all, a stop of the whole process falling on whichever requests were
+    in flight, more often the higher the load. Frozen objects are still freed by reference counting,
+    which is how a bundle that a reload replaced goes (it holds no reference cycle: a test checks it);
+    so after a reload this collects only what was made since the last freeze, mostly the new bundle,
+    instead of walking both bundles while requests wait.
     """
     gc.collect()
     gc.freeze()
