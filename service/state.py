@@ -227,8 +227,9 @@ class ServiceState:
         path = self.bundle_dir(name)
         async with self.reload_lock:
             try:
-                share = RELOAD_CPU_SHARE
-                fresh = await asyncio.to_thread(self._load, self.settings, path, self.bundle, share)
+                fresh = await asyncio.to_thread(
+                    self._load, self.settings, path, self.bundle, RELOAD_CPU_SHARE
+                )
             except BundleError as exc:
                 log.error("reload of %s refused, still serving %s: %s", path, self.bundle.bundle_id, exc)
                 reason = str(exc).replace(f"{path}/", "").replace(str(path), "the bundle directory")
@@ -252,16 +253,6 @@ class ServiceState:
         return self.recommender.bundle
 
     # ---------------------------------------------------------------------------- recommending
-    def _rows(self, recommender: Recommender, item_ids: list[str], field_name: str) -> list[int]:
-        position = recommender.bundle.catalogue.position
-        rows = []
-        for i, item_id in enumerate(item_ids):
-            row = position.get(item_id)
-            if row is None:
-                raise InvalidRequest(f"{field_name}[{i}]: unknown item {item_id!r}")
-            rows.append(row)
-        return rows
-
     async def _query(self, recommender: Recommender, request: RecommendRequest) -> tuple[Query, list[str]]:
         """The model's query, and the history items the bundle does not know (skipped, each once)."""
         decoding = recommender.bundle.manifest.decoding
@@ -319,20 +310,17 @@ class ServiceState:
         """Each hit's grounding (``service.explanations.ground``) over the history the model read.
         Rows only ever get appended, so the current snapshot holds every row of an older one."""
         catalogue, snapshot = recommender.bundle.catalogue, recommender.snapshot
-        out = []
-        for hit, found in zip(hits, ground(snapshot.sids, history, [h.item for h in hits]), strict=True):
-            tags = snapshot.explanations[hit.item][: found.shared_levels]
-            out.append(
-                GroundingOut(
-                    shared_levels=found.shared_levels,
-                    tag_path=[t.tag for t in tags],
-                    history=[
-                        HistoryItem(item_id=catalogue.item_ids[r], title=catalogue.titles[r])
-                        for r in found.history
-                    ],
-                )
+        return [
+            GroundingOut(
+                shared_levels=found.shared_levels,
+                tag_path=[t.tag for t in snapshot.explanations[hit.item][: found.shared_levels]],
+                history=[
+                    HistoryItem(item_id=catalogue.item_ids[r], title=catalogue.titles[r])
+                    for r in found.history
+                ],
             )
-        return out
+            for hit, found in zip(hits, ground(snapshot.sids, history, [h.item for h in hits]), strict=True)
+        ]
 
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
         """Answer from one bundle, even across a reload, by the request's deadline or not at all
@@ -359,7 +347,10 @@ class ServiceState:
 
     # --------------------------------------------------------------------------------- events
     async def record(self, user_id: str, item_ids: list[str]) -> int:
-        self._rows(self.recommender, item_ids, "item_ids")
+        known = self.recommender.bundle.catalogue.position
+        for i, item_id in enumerate(item_ids):
+            if item_id not in known:
+                raise InvalidRequest(f"item_ids[{i}]: unknown item {item_id!r}")
         return await self.store.append(user_id, item_ids)
 
     # ---------------------------------------------------------------------------------- items
