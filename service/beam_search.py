@@ -89,21 +89,10 @@ class ConstrainedBeamSearch:
     """Beam search restricted to the IDs of ``index``."""
 
     def __init__(self, index: PrefixIndex, clock: Callable[[], float] = time.perf_counter) -> None:
-        """``clock``: what ``on_step``'s durations are read from, in seconds (see ``search``)."""
+        """``clock``: what ``on_step``'s durations are read from, in seconds (see ``steps``)."""
         self.index = index
         self._clock = clock
         self._trie = TrieConstraint()
-
-    def search(
-        self,
-        decoder: Decoder,
-        beams: np.ndarray,
-        ks: np.ndarray,
-        processors: list[Processor] | None = None,
-        on_step: Callable[[int, float, float], None] | None = None,
-    ) -> list[list[BeamHit]]:
-        """``steps`` run to the end: the hits of every request, best first."""
-        return run_to_end(self.steps(decoder, beams, ks, processors, on_step))
 
     def steps(
         self,
@@ -113,7 +102,8 @@ class ConstrainedBeamSearch:
         processors: list[Processor] | None = None,
         on_step: Callable[[int, float, float], None] | None = None,
     ) -> Steps[list[list[BeamHit]]]:
-        """Decode a batch with ``decoder`` (a fresh one per batch), per-request ``beams``/``ks`` (B,).
+        """Decode a batch with ``decoder`` (a fresh one per batch), per-request ``beams``/``ks`` (B,):
+        the hits of every request, best first (``run_to_end`` runs it all at once).
 
         ``processors`` add request constraints on top of the catalogue trie. ``on_step(depth,
         step_seconds, mask_seconds)`` is told how long each level spent in the decoder and in

@@ -15,11 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.beam_search import ConstrainedBeamSearch, log_softmax, top_candidates
+from service.beam_search import BeamHit, ConstrainedBeamSearch, log_softmax, run_to_end, top_candidates
 from service.constraints import AllowedItems, ExcludeItems, StepContext, TrieConstraint
 from service.decoders import IncrementalDecoder, ReferenceDecoder
 from service.errors import InvalidRequest
 from service.prefix_index import PrefixIndex
+
+
+def _search(index: PrefixIndex, *args: object) -> list[list[BeamHit]]:
+    """``ConstrainedBeamSearch.steps`` run to the end."""
+    return run_to_end(ConstrainedBeamSearch(index).steps(*args))
 
 
 def toy_table(k: int, depth: int, seed: int) -> np.ndarray:
@@ -82,7 +87,7 @@ def test_matches_reference(seed: int, dense_levels: int, constrained: bool) -> N
     allowed[:, 0] = True
     excluded = rng.random((batch, len(sids))) > 0.7 if constrained else np.zeros((batch, len(sids)), bool)
     processors = [AllowedItems(index, allowed), ExcludeItems(index, excluded)] if constrained else []
-    hits = ConstrainedBeamSearch(index).search(ReferenceDecoder(step, memory, mask), beams, ks, processors)
+    hits = _search(index, ReferenceDecoder(step, memory, mask), beams, ks, processors)
     for b in range(batch):
         expected = reference_search(
             sids, step, memory[b], mask[b], int(beams[b]), int(ks[b]), allowed[b], excluded[b]
@@ -123,10 +128,10 @@ def test_incremental_decoder_reorders_its_cache() -> None:
     base = (memory * mask[:, :, None]).sum(axis=1)[:, :k]  # (B, K) what make_step adds for the memory
     beams, ks = rng.integers(2, 10, size=batch), np.full(batch, 2)
     reference = ReferenceDecoder(make_step(k, depth, 4), memory, mask)
-    expected = ConstrainedBeamSearch(index).search(reference, beams, ks)
+    expected = _search(index, reference, beams, ks)
     cross_kv = base.reshape(batch, 1, 1, 1, k, 1).repeat(2, axis=2)  # (B, layers, 2, h, T, dh)
     decoder = IncrementalDecoder(make_incremental_step(k, depth, 4), cross_kv, mask)
-    assert ConstrainedBeamSearch(index).search(decoder, beams, ks) == expected
+    assert _search(index, decoder, beams, ks) == expected
 
 
 def test_full_beam_returns_every_item_once() -> None:
@@ -135,7 +140,7 @@ def test_full_beam_returns_every_item_once() -> None:
     index = PrefixIndex.build(sids, 8)
     memory = rng.normal(size=(1, 2, 8)).astype(np.float32)
     decoder = ReferenceDecoder(make_step(8, 3, 1), memory, np.ones((1, 2), bool))
-    hits = ConstrainedBeamSearch(index).search(decoder, np.array([len(sids)]), np.array([len(sids)]))[0]
+    hits = _search(index, decoder, np.array([len(sids)]), np.array([len(sids)]))[0]
     assert sorted(h.item for h in hits) == list(range(len(sids)))
     assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
 
