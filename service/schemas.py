@@ -44,15 +44,13 @@ __all__ = [
     "ValidationErrorBody",
 ]
 
-MAX_K, MAX_BEAM, MAX_HISTORY, MAX_FILTER_DEPTH, MAX_BATCH, MAX_EVENTS, MAX_PAGE = (
-    100,
-    100,
-    500,
-    8,
-    64,
-    100,
-    1000,
-)
+MAX_K = 100
+MAX_BEAM = 100
+MAX_HISTORY = 500
+MAX_FILTER_DEPTH = 8
+MAX_BATCH = 64
+MAX_EVENTS = 100
+MAX_PAGE = 1000
 
 
 def _encodable(value: str) -> str:
@@ -104,7 +102,6 @@ class Filter(_Request):
 
 class RecommendRequest(_Request):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [
                 {"history": ["SYN000001", "SYN000002"], "k": 10, "exclude_seen": True, "explain": True},
@@ -226,7 +223,7 @@ class BatchResponse(BaseModel):
 
 class EventsRequest(_Request):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"user_id": "demo-user", "item_id": "SYN000001"}]}
+        json_schema_extra={"examples": [{"user_id": "demo-user", "item_id": "SYN000001"}]}
     )
 
     user_id: ItemId
@@ -270,10 +267,9 @@ class ItemPage(BaseModel):
 
 class ItemUpsert(_Request):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [{"embedding": [0.0, 0.1, -0.2], "title": "new serum", "category_path": ["Beauty"]}]
-        },
+        }
     )
 
     embedding: list[float] | None = Field(
