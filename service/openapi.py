@@ -39,13 +39,9 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` of a route that can answer ``codes``."""
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
-        entry: dict[str, Any] = {
-            "model": ValidationErrorBody if code == 422 else ErrorBody,
-            "description": ERRORS[code],
-        }
+        out[code] = {"model": ValidationErrorBody if code == 422 else ErrorBody, "description": ERRORS[code]}
         if code in (429, 503):
-            entry["headers"] = _RETRY_AFTER
-        out[code] = entry
+            out[code]["headers"] = _RETRY_AFTER
     return out
 
 

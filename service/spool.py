@@ -70,9 +70,8 @@ class EventSpool:
                 os.close(fd)
                 continue
             events = _read(path)
-            for user_id, items in events:
-                self.pending.append((user_id, items))
-                self.size += len(items)
+            self.pending.extend(events)
+            self.size += sum(len(items) for _, items in events)
             self._adopted.append((path, fd))
             if events:
                 log.warning("spool: %d events from %s to write to Redis", len(events), path.name)
