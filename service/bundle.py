@@ -82,7 +82,6 @@ class LoadedBundle:
     sessions: dict[str, ort.InferenceSession]
     provider: str  # the provider the graphs actually run on
     sids: np.ndarray  # int64 (n_items, D)
-    index: PrefixIndex
     tag_levels: list[list[str]]
     catalogue: Catalogue
     item_table: np.ndarray | None = None  # float32 (n_items, item_dim) when the bundle ranks by "dot"
@@ -210,5 +209,5 @@ def load_bundle(
     pause()
     log.info("loaded bundle %s from %s on %s", manifest.bundle_id, path, provider)
     return LoadedBundle(
-        path, manifest, sessions, provider, sids, index, tags["levels"], catalogue, item_table, text_encoder
+        path, manifest, sessions, provider, sids, tags["levels"], catalogue, item_table, text_encoder
     )
