@@ -17,7 +17,7 @@ against the catalogue's own class (``service.explanations.catalogue_classes``):
   (``<other>`` included) against the catalogue class, where the catalogue has one.
 - ``ece``: expected calibration error of the shown tags (confidence vs being the catalogue's class;
   10 equal-width bins) and the reliability diagram. ``temperature`` is fitted per level on the
-  *validation* users' served items (``service.explanations.fit_temperature``: NLL of the catalogue
+  *validation* users' served items (``training.evaluate.calibration.fit_temperature``: NLL of the catalogue
   class over shown tags whose catalogue class is known), and ``ece_temperature_scaled`` is the test
   ECE with it: what a bundle carrying those temperatures would show. Scaling never changes a tag.
 - ``grounded_share``: the share of served items with at least one history item (among those the model
@@ -46,14 +46,12 @@ from service.explanations import (
     OTHER_ID,
     UNKNOWN_ID,
     catalogue_classes,
-    expected_calibration_error,
-    fit_temperature,
     ground,
     is_placeholder,
-    temperature_scale,
 )
 from service.recommender import Query, Recommendation, Recommender
 from training.data import Dataset
+from training.evaluate.calibration import expected_calibration_error, fit_temperature, temperature_scale
 
 __all__ = ["Served", "main", "score_level", "serve"]
 

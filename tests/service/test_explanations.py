@@ -18,11 +18,8 @@ from service.app import create_app
 from service.bundle import load_bundle
 from service.explanations import (
     catalogue_classes,
-    expected_calibration_error,
-    fit_temperature,
     ground,
     read_tag_paths,
-    temperature_scale,
     with_agreement,
 )
 from service.recommender import Query, Recommender
@@ -118,18 +115,6 @@ def test_grounding_matches_a_brute_force_computation(tiny_run: TinyRun) -> None:
             assert (found.shared_levels, found.history) == _brute_force(sids, history, item)
             checked += found.shared_levels >= 2
     assert checked > 50  # the deep cases were exercised, not only "no shared code"
-
-
-def test_calibration_helpers() -> None:
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(4000, 5)) * 3
-    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    labels = np.array([rng.choice(5, p=p) for p in temperature_scale(probs, 2.0)])  # truth is softer
-    assert fit_temperature(probs, labels) == pytest.approx(2.0, rel=0.15)
-    assert (temperature_scale(probs, 2.0).argmax(1) == probs.argmax(1)).all()
-    ece, diagram = expected_calibration_error(np.array([0.9, 0.9, 0.2, 0.2]), np.array([1, 0, 0, 0]))
-    assert ece == pytest.approx(0.5 * 0.4 + 0.5 * 0.2)
-    assert [(b["count"], b["accuracy"]) for b in diagram] == [(2, 0.0), (2, 0.5)]
 
 
 def test_openapi_names_the_two_paths(client: TestClient) -> None:

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.explanations import fit_temperature
 from training import provenance
 from training.data import Dataset
 from training.errors import DataError
+from training.evaluate.calibration import fit_temperature
 from training.evaluate.ranking import RankingInputs, full_ranking_top
 from training.export.bundle import BundleInputs, CatalogueRow, export_bundle
 from training.generator.beam import PrefixTrie
