@@ -67,8 +67,7 @@ def top_candidates(candidates: np.ndarray, keep: int) -> np.ndarray:
     Exactly ``np.argsort(-candidates, kind="stable")[:, :keep]`` (the contract's order), but linear in
     the row length: a partition finds each row's ``keep``-th score, everything above it is taken, the
     ties at it are taken lowest index first (a cumulative count, only when ties straddle the cut), and
-    only those ``keep`` survivors are sorted. At batch 64
-    × beam 20 × K 256 a full stable sort of every row costs several times the partition.
+    only those ``keep`` survivors are sorted: at serving sizes a full sort costs several times that.
     """
     batch, width = candidates.shape
     if keep >= width:

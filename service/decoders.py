@@ -77,10 +77,9 @@ class IncrementalDecoder:
         batch, width, length = prefix.shape
         previous = self._past.shape[0] // batch  # beams per request at the previous level
         rows = (parent + np.arange(batch)[:, None] * previous).reshape(-1)  # (N,) into the previous rows
-        # gathered straight into one new array: a concatenate of two gathers costs several times more
-        past = np.empty(
-            (rows.shape[0], length, *self._past.shape[2:]), dtype=np.float32
-        )  # (N, S, layers, 2, d)
+        # (N, S, layers, 2, d), gathered straight into one new array: a concatenate of two gathers
+        # costs several times more
+        past = np.empty((rows.shape[0], length, *self._past.shape[2:]), dtype=np.float32)
         np.take(self._past, rows, axis=0, out=past[:, : length - 1], mode="clip")
         np.take(self._newest, rows, axis=0, out=past[:, length - 1 :], mode="clip")
         logits, newest = self._step(self._cross_kv, self._mask, prefix.reshape(batch * width, length), past)

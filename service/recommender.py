@@ -10,7 +10,7 @@ item instead of the beam: one small graph for the user vector and one matrix pro
 catalogue's item vectors; the returned items keep their IDs and tag paths all the same. It knows
 nothing of HTTP, queues or Redis, so tests and the benchmark drive it directly.
 
-Cold-start items (``add_item``) are tokenised by ``tokenizer.onnx``, get the smallest free
+Cold-start items (``tokenize``, ``insert_item``) are tokenised by ``tokenizer.onnx``, get the smallest free
 disambiguation code under their tuple, and enter a new ``CatalogueSnapshot`` (SID table, prefix
 index, tag-path filter map, item vectors) that is swapped in atomically: a batch that is already
 decoding keeps the snapshot it started with.

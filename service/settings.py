@@ -55,9 +55,8 @@ class Settings(BaseSettings):
         ge=1,
         le=100_000,
         description="recommendations in the service at once (being read, waiting or decoding); the next "
-        "gets 429 + Retry-After before its body is read. Unset = 2 x max_batch_size, the batch being "
-        "decoded and the one gathering behind it: overload turns into fast 429s, not slow answers "
-        "(service/batcher.py)",
+        "gets 429 + Retry-After before its body is read. Unset = 2 x max_batch_size (service/batcher.py "
+        "says why)",
     )
     request_timeout_ms: float = Field(
         2000.0,

@@ -189,14 +189,9 @@ class ServiceState:
         for row in rows:
             if row["item_id"] in recommender.bundle.catalogue.position:
                 continue
+            sid = np.array(row["codes"], dtype=np.int64)
             try:
-                recommender.insert_item(
-                    row["item_id"],
-                    np.array(row["codes"], dtype=np.int64),
-                    row["title"],
-                    row["category_path"],
-                    row["tags"],
-                )
+                recommender.insert_item(row["item_id"], sid, row["title"], row["category_path"], row["tags"])
             except InvalidRequest as exc:  # cannot happen while every ID comes from the store
                 log.error("cold-start item %r from the store not served: %s", row["item_id"], exc)
         self.cold_seen[recommender] = seen + len(rows)
