@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from training.data import Dataset
+from training.evaluate.metrics import ranking_metrics
 from training.evaluate.ranking import left_pad
 from training.generator.train import load_run
 
@@ -33,10 +34,8 @@ BETAS = (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1)
 
 
 def _metrics(ranks: Tensor) -> dict[str, float]:
-    """R@10 and N@10 from 0-based ranks of the targets (a rank >= 10 misses)."""
-    hit = ranks < 10
-    gain = torch.where(hit, 1 / torch.log2(ranks.float() + 2), torch.zeros(()))
-    return {"recall@10": round(float(hit.float().mean()), 4), "ndcg@10": round(float(gain.mean()), 4)}
+    """R@10 and N@10 from 0-based ranks of the targets (a rank >= 10 misses), to 4 digits."""
+    return {name: round(value, 4) for name, value in ranking_metrics(ranks.numpy(), (10,)).items()}
 
 
 @torch.no_grad()
