@@ -20,11 +20,11 @@ __all__ = [
     "GeneratorObjective",
     "LossConfig",
     "LossParts",
+    "catalogue_cross_entropy",
     "code_guided_alignment",
     "dot_loss",
     "generator_loss",
     "masked_granularity_loss",
-    "smoothed_cross_entropy",
 ]
 
 
@@ -110,35 +110,48 @@ def masked_granularity_loss(model: SidrecGenerator, state: EncoderState, tempera
     return 0.5 * (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels))
 
 
-class _SmoothedCrossEntropy(torch.autograd.Function):
-    """``F.cross_entropy(logits, targets, label_smoothing=eps)``, mean over rows, in fewer passes.
+class _CatalogueCrossEntropy(torch.autograd.Function):
+    """``F.cross_entropy(users @ items.T, targets, label_smoothing=eps)``, mean over rows, with one
+    logits-sized buffer.
 
-    Over the whole catalogue the logits are the largest tensor of a step: torch's version writes the
-    log-softmax, a zeroed gradient, a scattered one and a smoothing term, each as big as the logits.
-    Here the forward reads them for a log-sum-exp and a mean, and the backward writes the gradient once
-    (``softmax - (1 - eps) * onehot - eps / C``).
+    Over the whole catalogue the logits (M, C) are the largest tensor of a step, and on CPU each fresh
+    buffer that size costs as much in page faults as the arithmetic on it: torch's version writes the
+    logits, the log-softmax, a zeroed gradient, a scattered one and a smoothing term. Here the product
+    is written once and turned into the softmax in place (kept for the backward, which turns it into
+    the gradient in place: ``softmax - (1 - eps) * onehot - eps / C``); the target and mean logits come
+    from row products that never touch it.
     """
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, targets: Tensor, eps: float) -> Tensor:
-        lse = torch.logsumexp(logits, 1, keepdim=True)  # (M, 1)
-        ctx.save_for_backward(logits, lse, targets)
-        ctx.eps = eps
-        picked = logits.gather(1, targets[:, None]).squeeze(1)
-        return (lse.squeeze(1) - (1 - eps) * picked - eps * logits.mean(1)).mean()
+    def forward(ctx: Any, users: Tensor, items: Tensor, targets: Tensor, eps: float) -> Tensor:
+        probs = users @ items.T  # (M, C): the one big buffer
+        top = probs.amax(1, keepdim=True)
+        total = probs.sub_(top).exp_().sum(1, keepdim=True)
+        probs.div_(total)
+        lse = top.squeeze(1) + total.squeeze(1).log()  # (M,)
+        picked = (users * items[targets]).sum(1)
+        mean_logit = users @ items.mean(0)
+        ctx.save_for_backward(users, items, targets)
+        ctx.probs, ctx.eps = probs, eps  # not saved_tensors: the backward overwrites it
+        return (lse - (1 - eps) * picked - eps * mean_logit).mean()
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        logits, lse, targets = ctx.saved_tensors
-        m, c = logits.shape
-        out = (logits - lse).exp_().sub_(ctx.eps / c)
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
+        users, items, targets = ctx.saved_tensors
+        if ctx.probs is None:
+            raise RuntimeError("catalogue_cross_entropy supports one backward per graph")
+        out, ctx.probs = ctx.probs, None  # the saved softmax becomes the gradient
+        m, c = out.shape
+        out.sub_(ctx.eps / c)
         out[torch.arange(m, device=out.device), targets] -= 1 - ctx.eps
-        return out.mul_(grad / m), None, None
+        out.mul_(grad / m)
+        return out @ items, out.T @ users, None, None
 
 
-def smoothed_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float) -> Tensor:
-    """Mean label-smoothed cross-entropy of ``logits`` (M, C) against ``targets`` (M,)."""
-    return _SmoothedCrossEntropy.apply(logits, targets, smoothing)
+def catalogue_cross_entropy(users: Tensor, items: Tensor, targets: Tensor, smoothing: float) -> Tensor:
+    """Mean label-smoothed cross-entropy of the logits ``users`` (M, d) @ ``items`` (C, d).T against
+    ``targets`` (M,)."""
+    return _CatalogueCrossEntropy.apply(users, items, targets, smoothing)
 
 
 def dot_loss(
@@ -152,8 +165,7 @@ def dot_loss(
     """
     n_items, negatives = sid_table.shape[0] - 1, config.dot_negatives
     if negatives <= 0 or negatives >= n_items:
-        logits = users @ model.item_table(sid_table[1:]).T
-        return smoothed_cross_entropy(logits, targets, config.dot_smoothing)
+        return catalogue_cross_entropy(users, model.item_table(sid_table[1:]), targets, config.dot_smoothing)
     sampled = torch.randint(n_items, (negatives,), device=users.device)  # (S,)
     items = torch.cat([targets, sampled]) + 1  # tokens
     table = model.item_vectors(items, sid_table[items])  # (M + S, item_dim)

@@ -26,6 +26,7 @@ branch only) and ``use_semantic=False`` (SASRec: hash IDs only, items scored by 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +87,37 @@ class EncoderState:
     gate: Tensor | None  # (B, T, L) alpha
 
 
+#: the three 16-bit slices of an int64 word that ``random_()`` fills with random bits (not the sign's)
+_RANDOM_SLICES = slice(0, 3) if sys.byteorder == "little" else slice(1, 4)
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` whose keep mask compares 16-bit random integers with a threshold.
+
+    On CPU torch's dropout draws every element through ``bernoulli_``, several times slower than
+    filling int64 words with ``random_()`` and reading three 16-bit draws from each; with dropout on
+    every block that was a large share of a training step. ``p`` is rounded to a multiple of 1/65536
+    (the scale uses the rounded value, so the expectation is exact). Identity in eval mode, so the
+    exported graphs do not contain it.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        dropped = round(p * 65536)
+        self.threshold = dropped - 32768  # int16 draws >= threshold are kept
+        self.scale = 65536 / (65536 - dropped)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.threshold == -32768:
+            return x
+        n = x.numel()
+        words = torch.empty((n + 2) // 3, dtype=torch.int64, device=x.device).random_()  # [0, 2^63)
+        draws = words.view(torch.int16).view(-1, 4)[:, _RANDOM_SLICES].reshape(-1)[:n].view(x.shape)
+        return x * (draws >= self.threshold).to(x.dtype).mul_(self.scale)
+
+
 def _attention_bias(allowed: Tensor) -> Tensor:
     """Bool (…, Tq, Tk) -> additive float bias (…, 1, Tq, Tk) for the head dimension."""
     zeros = torch.zeros((), dtype=torch.float32, device=allowed.device)
@@ -133,7 +165,7 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, dropout: float) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * d_model, d_model)
+            nn.Linear(d_model, 4 * d_model), nn.GELU(), Dropout(dropout), nn.Linear(4 * d_model, d_model)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -151,13 +183,26 @@ class Block(nn.Module):
         self.cross = Attention(d_model, n_heads) if cross else None
         self.ln2 = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(
-        self, x: Tensor, bias: Tensor, memory: Tensor | None = None, memory_bias: Tensor | None = None
+        self,
+        x: Tensor,
+        bias: Tensor,
+        memory: Tensor | None = None,
+        memory_bias: Tensor | None = None,
+        groups: int = 1,
     ) -> Tensor:
+        """``groups`` > 1 cuts the sequence into that many equal consecutive segments whose tokens attend
+        only within their own segment (``bias`` is then one segment's); the cross-attention and the
+        feed-forward still see every token."""
         h = self.ln1(x)
-        x = x + self.drop(self.attn(h, h, bias))
+        if groups > 1:
+            b, n, d = h.shape
+            h = h.reshape(b * groups, n // groups, d)
+            x = x + self.drop(self.attn(h, h, bias).reshape(b, n, d))
+        else:
+            x = x + self.drop(self.attn(h, h, bias))
         if self.cross is not None and self.ln_cross is not None and memory is not None:
             assert memory_bias is not None
             x = x + self.drop(self.cross(self.ln_cross(x), memory, memory_bias))
@@ -192,7 +237,7 @@ class SidrecGenerator(nn.Module):
         d, big_l, k = c.d_model, c.levels, c.codebook_size
         self.unknown_token = c.n_items + 1
         self.position = nn.Embedding(c.max_len, d)
-        self.input_drop = nn.Dropout(c.dropout)
+        self.input_drop = Dropout(c.dropout)
         self.hash_emb = nn.Embedding(c.n_items + 2, d, padding_idx=0) if c.use_hash else None
         if c.use_semantic:
             self.level_emb = nn.Embedding(big_l * k, d)  # level l, code c -> row l*K + c
@@ -349,9 +394,10 @@ class SidrecGenerator(nn.Module):
         """Teacher-forced logits of the next item's ID at every position: codes (B, T, D) -> (B, T, D, K).
 
         Training's form of ``id_logits``: the decoder inputs of all T positions of a sequence run as one
-        row of T·D tokens, each block of D causal within itself and cross-attending to the memory up to
-        its own position, so the cross-attention keys/values are computed once per sequence instead of
-        once per target (the same numbers as ``id_logits`` on each position's visible memory).
+        row of T·D tokens, each block of D causal within itself (self-attention runs per block, never
+        over all T·D tokens) and cross-attending to the memory up to its own position, so the
+        cross-attention keys/values are computed once per sequence instead of once per target (the same
+        numbers as ``id_logits`` on each position's visible memory).
         """
         b, t, d_len = codes.shape
         k = self.config.codebook_size
@@ -359,15 +405,14 @@ class SidrecGenerator(nn.Module):
         tokens = torch.cat([bos, codes[..., :-1] + self.code_offsets[: d_len - 1]], -1)  # (B, T, D)
         x = (self.code_emb(tokens) + self.level_pos.weight[:d_len]).reshape(b, t * d_len, -1)
         block = torch.arange(t, device=codes.device).repeat_interleave(d_len)  # (T·D,) position of a token
-        level = torch.arange(d_len, device=codes.device).repeat(t)
-        own = (block[:, None] == block[None, :]) & (level[:, None] >= level[None, :])
-        self_bias = _attention_bias(own).unsqueeze(0)  # (1, 1, T·D, T·D)
+        causal = torch.ones(d_len, d_len, dtype=torch.bool, device=codes.device).tril()
+        self_bias = _attention_bias(causal).unsqueeze(0)  # (1, 1, D, D): within a block
         visible = (torch.arange(t, device=codes.device)[None, :] <= block[:, None])[None] & state.mask[
             :, None, :
         ]
         memory_bias = _attention_bias(visible)  # (B, 1, T·D, T)
         for layer in self.decoder:
-            x = layer(x, self_bias, state.memory, memory_bias)
+            x = layer(x, self_bias, state.memory, memory_bias, groups=t)
         hidden = self.decoder_ln(x).view(b, t, d_len, -1)
         return torch.einsum("btjd,jdk->btjk", hidden, self.head_weight) + self.head_bias
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.generator.model import GeneratorConfig, SidrecGenerator
+from training.generator.model import Dropout, GeneratorConfig, SidrecGenerator
 
 from .conftest import CODEBOOK, random_unique_ids
 
@@ -52,6 +52,37 @@ def test_step_matches_teacher_forcing_at_every_level() -> None:
         step = model.step(memory, mask, target[:, :s])  # S may be 0: a (N, 0) prefix
         assert step.shape == (3, CODEBOOK)
         assert torch.allclose(step, forced[:, s], atol=1e-5)
+
+
+def test_sequence_logits_match_teacher_forcing_on_each_visible_history() -> None:
+    """Training's one-row form (blockwise self-attention) gives what ``id_logits`` gives per position."""
+    model = make_model()
+    sids = torch.from_numpy(random_unique_ids(40))
+    tokens, codes = history(sids)
+    state = model.encode_state(tokens, codes)
+    targets = torch.roll(codes, -1, dims=1)  # (3, 8, D): any next-item codes
+    sequence = model.sequence_id_logits(state, targets)  # (3, 8, D, K)
+    for t in range(tokens.shape[1]):
+        visible = state.mask & (torch.arange(tokens.shape[1]) <= t)  # the memory up to position t
+        forced = model.id_logits(state.memory, visible, targets[:, t])  # (3, D, K)
+        real = tokens[:, t] > 0
+        assert torch.allclose(sequence[real, t], forced[real], atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keeps_the_expected_share_and_the_mean(p: float) -> None:
+    torch.manual_seed(0)
+    dropout = Dropout(p)
+    x = torch.ones(7, 30_001)  # an odd size: the last random word is cut
+    out = dropout(x)
+    kept = out > 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / (1 - p)), rtol=1e-4)
+    assert abs(out.mean().item() - 1.0) < 0.01
+    assert not torch.equal(dropout(x), out)  # fresh draws every call
+    assert torch.equal(dropout.eval()(x), x)
+    with pytest.raises(ValueError, match="dropout"):
+        Dropout(1.0)
 
 
 def test_unseen_items_fall_back_to_the_reserved_hash_row() -> None:
