@@ -9,7 +9,10 @@ Starts its own ``redis-server`` (append-only, on a free port, in a temporary dir
 1. capacity  an open-loop ramp (``--ramp`` rates, ``--ramp-seconds`` runs, two or three per rate,
              ending at the first rate that misses twice) finds the *rated* load: the highest rate
              with two runs at p99 <= ``--p99-target-ms`` and no recommendation refused or failed
-             (or ``--rated-rps`` when given).
+             (or ``--rated-rps`` when given). The service is then started again sized for the
+             target as docs/OPERATIONS.md says an operator should size it (``sized_queue``):
+             ``SIDREC_QUEUE_SIZE`` = rated load × p99 target, in batches of half that; every later
+             phase runs against that service.
 2. overload  ``--pairs`` pairs of open-loop steps, ``--step-seconds`` each: one at the rated load,
              one at ``--overload-factor`` × rated. The two p99s are taken over all the steps of
              their kind, interleaved so that a slow spell of the machine falls on both and not on
@@ -216,6 +219,19 @@ def capacity_ramp(
         if verdicts.count(False) == 2:
             return steps
     return steps
+
+
+def sized_queue(rated_rps: float, target_ms: float, max_batch_size: int) -> tuple[int, int]:
+    """(``SIDREC_QUEUE_SIZE``, ``SIDREC_MAX_BATCH_SIZE``) that hold admitted requests to ``target_ms``
+    at ``rated_rps``.
+
+    By Little's law the requests in the service at once are its throughput times their time in it;
+    at the rated throughput no more than ``rated × target`` may be in at once for each to be answered
+    within the target. Two batches of half that (``service/batcher.py`` says why two), never larger
+    than ``max_batch_size``.
+    """
+    queue = max(2, math.floor(rated_rps * target_ms / 1000))
+    return queue, max(1, min(max_batch_size, queue // 2))
 
 
 def rated_load(ramp: list[dict[str, Any]]) -> float | None:
@@ -499,7 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reload-seconds", type=float, default=20.0, help="length of the reload step")
     parser.add_argument("--outage-seconds", type=float, default=10.0)
     parser.add_argument("--soak-seconds", type=float, default=300.0)
-    parser.add_argument("--max-batch-size", type=int, default=32, help="SIDREC_MAX_BATCH_SIZE")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=32,
+        help="SIDREC_MAX_BATCH_SIZE of the capacity ramp, and the most the sizing for the target may set",
+    )
     parser.add_argument(
         "--beam",
         type=int,
@@ -551,7 +572,16 @@ def main(argv: list[str] | None = None) -> int:
         rated = args.rated_rps or rated_load(ramp)
         if not rated:
             raise RuntimeError(f"no ramp rate met p99 <= {args.p99_target_ms:g} ms: {ramp}")
-        log(f"  rated {rated:g} req/s")
+        queue_size, batch_size = sized_queue(rated, args.p99_target_ms, args.max_batch_size)
+        env |= {"SIDREC_QUEUE_SIZE": str(queue_size), "SIDREC_MAX_BATCH_SIZE": str(batch_size)}
+        stop(service)
+        service, url = start_service(bundle, redis_port, api_key, service_cpus, env, workdir / "service.log")
+        holder["service"] = service
+        base = dataclasses.replace(base, url=url)
+        log(
+            f"  rated {rated:g} req/s; service restarted sized for {args.p99_target_ms:g} ms: "
+            f"SIDREC_QUEUE_SIZE {queue_size}, SIDREC_MAX_BATCH_SIZE {batch_size}"
+        )
 
         log(f"[2/7] {args.pairs} pairs of steps at the rated load and at {args.overload_factor:g}x it")
         rated_outcomes: list[Outcome] = []
@@ -671,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": model,
         "settings": {
             "max_batch_size": args.max_batch_size,
+            "sized_queue_size": queue_size,
+            "sized_max_batch_size": batch_size,
             "rated_rps": args.rated_rps,
             "overload_factor": args.overload_factor,
             "pairs": args.pairs,

@@ -16,7 +16,7 @@ import redis
 
 from benchmarks import ab
 from benchmarks.local_service import start_redis, start_service, stop
-from benchmarks.reliability import rated_load, restart_during_outage, server_p99_ms
+from benchmarks.reliability import rated_load, restart_during_outage, server_p99_ms, sized_queue
 from benchmarks.serving import main
 from tests.service.conftest import API_KEY, free_port
 from tests.training.export.tiny_run import TinyRun
@@ -57,6 +57,12 @@ def test_the_rated_load_is_the_highest_rate_that_met_the_target_in_every_run() -
     ramp += [run(75, True), run(75, False), run(75, False)]
     assert rated_load(ramp) == 50, "75 met the target once: not a load the service sustains"
     assert rated_load([run(25, False), run(25, False)]) is None
+
+
+def test_the_queue_is_sized_to_hold_the_target_at_the_rated_load() -> None:
+    assert sized_queue(200, 100, 32) == (20, 10)  # 200 req/s x 0.1 s in the service at once
+    assert sized_queue(1000, 100, 32) == (100, 32)  # batches no larger than asked
+    assert sized_queue(5, 100, 32) == (2, 1)  # always two batches of at least one
 
 
 def test_ab_benchmark_smoke(tiny_run: TinyRun, tmp_path: Path, capsys) -> None:
