@@ -81,8 +81,9 @@ def test_the_service_holds_two_batches_of_recommendations_and_refuses_the_rest_a
     tiny_run: TinyRun,
 ) -> None:
     """By default at most two batches of recommendations are in the service at once, counted from their
-    admission (before the body is read) to their answer: under a flood the rest get 429 within a
-    few milliseconds in the service, and the admitted ones are answered."""
+    admission (before the body is read) to their answer: under a flood the rest get 429, and the
+    admitted ones are answered. (How fast a refusal is, is timed by ``benchmarks/reliability.py``, on a
+    service with a core of its own; here the client threads share the interpreter with the app.)"""
     settings = settings_for(tiny_run.bundle, max_batch_size=3)
     assert settings.queue_size is None and settings.queue_limit == 6
     assert settings_for(tiny_run.bundle, queue_size=9).queue_limit == 9
@@ -103,12 +104,8 @@ def test_the_service_holds_two_batches_of_recommendations_and_refuses_the_rest_a
             statuses = [answer.status_code for answer in answers]
         metrics = client.get("/metrics").text
     assert set(statuses) == {200, 429} and max(seen) <= 6, (statuses, seen)
-    # never after waiting for a batch (50 ms); 25 ms, not the 5 ms of a service of its own: here twelve
-    # client threads share the interpreter with the app, and each may hold it for 5 ms
-    refused = statuses.count(429)
-    bucket = '{le="0.025",route="/recommend",status="429"}'
-    fast = f"sidrec_request_latency_seconds_bucket{bucket} {refused:.1f}"
-    assert fast in metrics and f"sidrec_rejected_total {refused:.1f}" in metrics
+    assert f"sidrec_rejected_total {statuses.count(429):.1f}" in metrics  # every 429 is a counted refusal
+    assert "sidrec_expired_total 0.0" in metrics  # none was refused late, after queueing past its deadline
 
 
 def test_overload_is_429_with_retry_after(tiny_run: TinyRun) -> None:
