@@ -124,6 +124,11 @@ def _attention_bias(allowed: Tensor) -> Tensor:
     return torch.where(allowed, zeros, torch.full_like(zeros, MASKED)).unsqueeze(-3)
 
 
+def _causal(n: int, device: torch.device) -> Tensor:
+    """(n, n) bool: position i sees positions up to and including i."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+
+
 def _history_bias(mask: Tensor) -> Tensor:
     """Causal self-attention bias over a padded history (B, T) -> (B, 1, T, T).
 
@@ -131,7 +136,7 @@ def _history_bias(mask: Tensor) -> Tensor:
     only to itself, so it can neither produce NaN nor leak later items.
     """
     t = mask.shape[1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=mask.device).tril()  # (T, T)
+    causal = _causal(t, mask.device)  # (T, T)
     itself = torch.eye(t, dtype=torch.bool, device=mask.device)
     return _attention_bias((causal & mask.unsqueeze(1)) | itself)
 
@@ -371,8 +376,7 @@ class SidrecGenerator(nn.Module):
         bos = torch.full((n, 1), self.config.id_length * k, dtype=prefix.dtype, device=prefix.device)
         tokens = torch.cat([bos, prefix + self.code_offsets[:s]], 1)  # (N, S+1)
         x = self.code_emb(tokens) + self.level_pos.weight[: s + 1]  # (N, S+1, d)
-        causal = torch.ones(s + 1, s + 1, dtype=torch.bool, device=prefix.device).tril()
-        self_bias = _attention_bias(causal).unsqueeze(0)  # (1, 1, S+1, S+1)
+        self_bias = _attention_bias(_causal(s + 1, prefix.device)).unsqueeze(0)  # (1, 1, S+1, S+1)
         memory_bias = _attention_bias(memory_mask.unsqueeze(1))  # (N, 1, 1, T)
         for block in self.decoder:
             x = block(x, self_bias, memory, memory_bias)
@@ -405,8 +409,7 @@ class SidrecGenerator(nn.Module):
         tokens = torch.cat([bos, codes[..., :-1] + self.code_offsets[: d_len - 1]], -1)  # (B, T, D)
         x = (self.code_emb(tokens) + self.level_pos.weight[:d_len]).reshape(b, t * d_len, -1)
         block = torch.arange(t, device=codes.device).repeat_interleave(d_len)  # (T·D,) position of a token
-        causal = torch.ones(d_len, d_len, dtype=torch.bool, device=codes.device).tril()
-        self_bias = _attention_bias(causal).unsqueeze(0)  # (1, 1, D, D): within a block
+        self_bias = _attention_bias(_causal(d_len, codes.device)).unsqueeze(0)  # (1, 1, D, D): within a block
         visible = (torch.arange(t, device=codes.device)[None, :] <= block[:, None])[None] & state.mask[
             :, None, :
         ]
