@@ -25,12 +25,16 @@ Starts its own ``redis-server`` (append-only, on a free port, in a temporary dir
              for the refusals, by the service itself (its ``sidrec_request_latency_seconds``
              histogram: from the request reaching the app to its 429, so the client's own lateness
              is not in it).
-3. outage    a rated step during which Redis is stopped for ``--outage-seconds`` and started again;
-             readiness is polled throughout, and afterwards every accepted event is looked up in Redis.
-4. reload    a rated step of ``--reload-seconds`` with ``POST /admin/reload`` every 2 s, alternating
-             between the two bundles.
-5. soak      ``--soak-seconds`` at the rated load, sampling the service's RSS every 5 s (PNG beside
-             the JSON).
+3. outage    a step at the *operating* load during which Redis is stopped for ``--outage-seconds``
+             and started again; readiness is polled throughout, and afterwards every accepted event is
+             looked up in Redis. The operating load is the rated load less the share of its core a
+             reload may take (``service.state.RELOAD_CPU_SHARE``): the headroom a replica sized for a
+             latency target keeps, since at its rated load any extra work (a reload, a burst) finds
+             the admission bound full and is refused.
+4. reload    a step at the operating load of ``--reload-seconds`` with ``POST /admin/reload`` every
+             2 s, alternating between the two bundles.
+5. soak      ``--soak-seconds`` at the operating load, sampling the service's RSS every 5 s (PNG
+             beside the JSON).
 6. fuzz      at least ``--fuzz-requests`` requests from schemathesis against the service's own
              OpenAPI description, every phase and check, anonymous and with the key
              (benchmarks/api_fuzz.py): 0 failures, none leaks a traceback or a server path, every
@@ -90,6 +94,7 @@ from benchmarks.local_service import (
 )
 from deploy.loadtest import LoadTestConfig, run_load_test
 from deploy.loadtest.report import Outcome
+from service.state import RELOAD_CPU_SHARE
 
 PREFIX = "sidrec"  # the service's default Redis key prefix
 
@@ -190,7 +195,7 @@ def capacity_ramp(
 ) -> list[dict[str, Any]]:
     """Open-loop steps at rising ``rates`` until a rate misses the target: p99 above
     ``p99_target_ms``, or any recommendation refused or failed (the rated load is one the service
-    carries without refusing: the outage and reload phases run at it and must lose nothing). A rate
+    carries without refusing). A rate
     passes when two of its runs meet the target before two miss (two or three runs). Two passes,
     because the rated load is one the service sustains, not one it met once: a short step's p99 is
     its few slowest requests, and with one pass enough a rate was rated that then refused 1.2 % of a
@@ -467,7 +472,7 @@ def plot_rss(curve: list[tuple[float, float]], path: Path, rate: float) -> None:
     axis.plot([t for t, _ in curve], [mb for _, mb in curve], marker=".")
     axis.set_xlabel("seconds into the soak")
     axis.set_ylabel("service RSS (MB)")
-    axis.set_title(f"sidrec soak at the rated load ({rate:g} req/s offered)")
+    axis.set_title(f"sidrec soak at the operating load ({rate:g} req/s offered)")
     axis.set_ylim(bottom=0)
     axis.grid(True, alpha=0.3)
     figure.tight_layout()
@@ -621,22 +626,23 @@ def main(argv: list[str] | None = None) -> int:
             f"<= {overload['admitted_server_p99_ms_at_most']} ms in the service)"
         )
 
-        log(f"[3/7] Redis outage of {args.outage_seconds:g} s under the rated load")
-        outage_report = outage(base, rated, redis_port, workdir, args, holder)
+        operating = round(rated * (1 - RELOAD_CPU_SHARE), 1)
+        log(f"[3/7] Redis outage of {args.outage_seconds:g} s at the operating load, {operating:g} req/s")
+        outage_report = outage(base, operating, redis_port, workdir, args, holder)
         log(
             f"  failed recommend {outage_report['recommend_failed']}, "
             f"events lost {outage_report['events_lost']}"
         )
 
-        log("[4/7] reload under the rated load")
-        reload_report = reload_under_load(base, rated, args.reload_seconds, [second.name, bundle.name])
+        log("[4/7] reload at the operating load")
+        reload_report = reload_under_load(base, operating, args.reload_seconds, [second.name, bundle.name])
         log(
             f"  {reload_report['reloads_ok']}/{reload_report['reloads']} reloads, "
             f"failed requests {reload_report['failed_requests']}"
         )
 
-        log(f"[5/7] soak: {args.soak_seconds:g} s at the rated load")
-        soak_report = soak(base, rated, args.soak_seconds, service.pid)
+        log(f"[5/7] soak: {args.soak_seconds:g} s at the operating load")
+        soak_report = soak(base, operating, args.soak_seconds, service.pid)
 
         # last, so that what the fuzzer leaves behind (registered items, reloads, odd users) cannot
         # slow or change the measured phases
@@ -661,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
 
     png = args.out.with_suffix(".png").with_name(args.out.stem + "-rss.png")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    plot_rss(soak_report["rss_curve"], png, rated)
+    plot_rss(soak_report["rss_curve"], png, operating)
     ratio = (overload["admitted_p99_ms"] or 0) / (rated_step["admitted_p99_ms"] or 1)
     report |= {
         "fuzzed_requests": report["fuzz"]["requests"],
@@ -673,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         "events_lost_on_restart": sum(r["events_lost"] for r in restarts),
         "shutdown_seconds": next(r["exit_seconds"] for r in restarts if r["signal"] == "SIGTERM"),
         "rated_rps": rated,
+        "operating_rps": operating,
         "p99_target_ms": args.p99_target_ms,
         "overload_rps": rated * args.overload_factor,
         "rated_p99_ms": rated_step["admitted_p99_ms"],
@@ -736,6 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("readiness degraded then recovered", str(outage_report["readiness_degraded_then_recovered"])),
         ("rated load (req/s) / p99 ms", f"{rated:g} / {report['rated_p99_ms']}"),
+        ("operating load (outage, reload, soak; req/s)", f"{operating:g}"),
         (
             "overload (req/s) / admitted p99 ms / ratio",
             f"{report['overload_rps']:g} / {report['overload_admitted_p99_ms']} / {ratio:.2f}",
