@@ -192,3 +192,16 @@ def test_missing_ids_is_a_clear_error(shop_dirs: tuple[Path, Path], tmp_path: Pa
     data, _ = shop_dirs
     assert main(["generator", "--data", str(data), "--ids", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "sids.npy does not exist" in capsys.readouterr().err
+
+
+def test_the_training_kernel_benchmark_writes_its_report(tmp_path: Path) -> None:
+    from benchmarks.train_step import main as benchmark
+
+    out = tmp_path / "step.json"
+    assert (
+        benchmark(["--items", "64", "--rows", "16", "--dim", "8", "--repeats", "1", "--out", str(out)]) == 0
+    )
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python -m benchmarks.train_step --items 64")
+    for row in report["results"].values():
+        assert row["sidrec_ms"] > 0 and row["torch_ms"] > 0 and row["speedup"] > 0
