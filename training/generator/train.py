@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -332,18 +332,17 @@ def train_generator(
         if rank == 0 and (epoch % config.train.eval_every == 0 or last):
             scores = validate(inputs, valid_histories, valid_targets, config.eval)
             record.update({f"valid.{k}": v for k, v in scores.items()})
-            candidates: list[tuple[dict[str, float], SidrecGenerator, bool]] = [(scores, model, False)]
+            candidates = [(scores, model, False)]
             if average is not None:
-                averaged_model = cast(SidrecGenerator, average.module)
                 averaged = validate(
-                    replace(inputs, model=averaged_model), valid_histories, valid_targets, config.eval
+                    replace(inputs, model=average.module), valid_histories, valid_targets, config.eval
                 )
                 record.update({f"valid.ema.{k}": v for k, v in averaged.items()})
-                candidates.append((averaged, averaged_model, True))
-            winner, weights, is_average = max(candidates, key=lambda c: c[0]["ndcg@10"])
-            if winner["ndcg@10"] > best["ndcg@10"]:
+                candidates.append((averaged, average.module, True))
+            found, weights, is_average = max(candidates, key=lambda c: c[0]["ndcg@10"])
+            if found["ndcg@10"] > best["ndcg@10"]:
                 best = {
-                    "ndcg@10": winner["ndcg@10"],
+                    "ndcg@10": found["ndcg@10"],
                     "epoch": epoch,
                     "state": _cpu_state(weights),
                     "averaged": is_average,
