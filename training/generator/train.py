@@ -24,7 +24,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from training.config import config_to_dict, dump_toml
@@ -73,16 +72,10 @@ class TrainConfig:
     seed: int = 0
     #: share of training spent warming the learning rate up linearly; then it follows a cosine to 0
     warmup: float = 0.05
-    #: decay of an exponential moving average of the weights (0 = none). Each validation then scores
-    #: the average too and the better of the two competes for the checkpoint: the average smooths the
-    #: noise of the last steps' minibatches, and the live weights still win where it lags behind
-    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_steps < 0:
             raise ConfigError(f"train.max_steps must be >= 0 (0 = no cap), got {self.max_steps}")
-        if not 0.0 <= self.ema < 1.0:
-            raise ConfigError(f"train.ema must be in [0, 1) (0 = no weight average), got {self.ema}")
 
 
 def learning_rate_factor(progress: float, warmup: float) -> float:
@@ -271,13 +264,8 @@ def train_generator(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
     )
-    average = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema))
-        if config.train.ema > 0 and rank == 0
-        else None
-    )
     generator = torch.Generator().manual_seed(config.train.seed)
-    best: dict[str, Any] = {"ndcg@10": -1.0, "epoch": 0, "state": None, "averaged": False}
+    best: dict[str, Any] = {"ndcg@10": -1.0, "epoch": 0, "state": None}
     history: list[dict[str, float]] = []
     stale, step = 0, 0
     start = time.perf_counter()
@@ -314,8 +302,6 @@ def train_generator(
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-            if average is not None:
-                average.update_parameters(model)
             for name, value in parts.items():
                 totals[name] = totals.get(name, 0.0) + value
             bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
@@ -332,21 +318,8 @@ def train_generator(
         if rank == 0 and (epoch % config.train.eval_every == 0 or last):
             scores = validate(inputs, valid_histories, valid_targets, config.eval)
             record.update({f"valid.{k}": v for k, v in scores.items()})
-            candidates = [(scores, model, False)]
-            if average is not None:
-                averaged = validate(
-                    replace(inputs, model=average.module), valid_histories, valid_targets, config.eval
-                )
-                record.update({f"valid.ema.{k}": v for k, v in averaged.items()})
-                candidates.append((averaged, average.module, True))
-            found, weights, is_average = max(candidates, key=lambda c: c[0]["ndcg@10"])
-            if found["ndcg@10"] > best["ndcg@10"]:
-                best = {
-                    "ndcg@10": found["ndcg@10"],
-                    "epoch": epoch,
-                    "state": _cpu_state(weights),
-                    "averaged": is_average,
-                }
+            if scores["ndcg@10"] > best["ndcg@10"]:
+                best = {"ndcg@10": scores["ndcg@10"], "epoch": epoch, "state": _cpu_state(model)}
                 stale = 0
             else:
                 stale += 1
@@ -371,7 +344,6 @@ def train_generator(
         "train_seconds": round(train_seconds, 1),
         "steps": step,
         "best_epoch": best["epoch"],
-        "best_is_average": best["averaged"],
         "valid.ndcg@10": best["ndcg@10"],
         "valid_users": len(valid_users),
         "history": history,

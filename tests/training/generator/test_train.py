@@ -14,7 +14,6 @@ from training.__main__ import main
 from training.config import load_config
 from training.data import Dataset
 from training.errors import ConfigError
-from training.evaluate.ranking import RankingInputs
 from training.evaluate.report import MAIN_METRICS
 from training.generator.cooccurrence import alignment_positives
 from training.generator.losses import (
@@ -29,10 +28,8 @@ from training.generator.train import (
     EvalConfig,
     GeneratorRunConfig,
     TrainConfig,
-    _sid_table,
     train_generator,
     training_chunks,
-    validate,
 )
 
 from .conftest import CODEBOOK, random_unique_ids
@@ -126,30 +123,6 @@ def test_max_steps_stops_mid_epoch_and_validates_the_cut_epoch(shop: Dataset) ->
     assert "valid.ndcg@10" in record and record["loss.ce"] > 0
     with pytest.raises(ConfigError, match="max_steps"):
         TrainConfig(max_steps=-1)
-
-
-def test_the_weight_average_competes_for_the_checkpoint_and_the_kept_weights_score_what_was_recorded(
-    shop: Dataset,
-) -> None:
-    config = GeneratorRunConfig(
-        train=TrainConfig(epochs=3, batch_size=32, ema=0.5), eval=EvalConfig(valid_users=200, ranking="dot")
-    )
-    config.model.d_model, config.model.max_len = 16, 8
-    sids = random_unique_ids(shop.n_items)
-    trained = train_generator(shop, sids, CODEBOOK, config)
-    records = trained.metrics["history"]
-    assert all("valid.ema.ndcg@10" in r for r in records)
-    best = max(max(r["valid.ndcg@10"], r["valid.ema.ndcg@10"]) for r in records)
-    assert trained.metrics["valid.ndcg@10"] == best > 0
-    users = np.sort(np.random.default_rng(config.eval.seed).permutation(shop.n_users)[:200])
-    split = shop.split()
-    inputs = RankingInputs(trained.model, _sid_table(sids, torch.device("cpu")), None)
-    again = validate(
-        inputs, [split.valid_history[u] for u in users], split.valid_target[users], trained.config.eval
-    )
-    assert again["ndcg@10"] == pytest.approx(best)
-    with pytest.raises(ConfigError, match="ema"):
-        TrainConfig(ema=1.0)
 
 
 def test_generator_and_evaluate_clis_end_to_end(shop_dirs: tuple[Path, Path], tmp_path: Path) -> None:
