@@ -39,8 +39,9 @@ __all__ = ["ENCODER_GROUP", "CatalogueSnapshot", "Query", "Recommendation", "Rec
 #: histories per encoder call when a batch is grouped by length (see ``Recommender.encode``)
 ENCODER_GROUP = 16
 #: IDs per tag-heads call when a whole catalogue is explained: the (rows, classes) probabilities of
-#: every level, and onnxruntime's arena that keeps their peak, stay a few MiB at any catalogue size
-EXPLAIN_ROWS = 8192
+#: every level, and onnxruntime's arena that keeps their peak, stay small at any catalogue size, and a
+#: reload's ``Pace`` gets a turn every few milliseconds of that work
+EXPLAIN_ROWS = 1024
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -108,10 +109,15 @@ class Recommender:
     """Batched, constrained, explained recommendation over one loaded bundle."""
 
     def __init__(
-        self, bundle: LoadedBundle, kv_cache: bool = True, clock: Callable[[], float] = time.perf_counter
+        self,
+        bundle: LoadedBundle,
+        kv_cache: bool = True,
+        clock: Callable[[], float] = time.perf_counter,
+        pause: Callable[[], None] | None = None,
     ) -> None:
         """``kv_cache``: decode with the bundle's incremental (K/V-cached) graphs when it has them;
-        ``clock``: what ``recommend``'s ``on_step`` durations are read from (``ConstrainedBeamSearch``)."""
+        ``clock``: what ``recommend``'s ``on_step`` durations are read from (``ConstrainedBeamSearch``);
+        ``pause``: called between slices of the catalogue's explanation (a reload's ``Pace``)."""
         self.bundle = bundle
         self.clock = clock
         self.kv_cache = kv_cache and bundle.manifest.has_kv_cache
@@ -126,7 +132,7 @@ class Recommender:
         self.ranking = bundle.manifest.decoding.ranking
         paths = bundle.catalogue.category_paths
         self.snapshot = CatalogueSnapshot.build(
-            bundle.sids, spec.codebook_size, paths, self.explain(bundle.sids, paths), bundle.item_table
+            bundle.sids, spec.codebook_size, paths, self.explain(bundle.sids, paths, pause), bundle.item_table
         )
         self._lock = threading.Lock()
 
@@ -199,7 +205,10 @@ class Recommender:
         return list(self.bundle.sessions["tag_heads"].run(None, {"codes": codes[:, : self.levels]}))
 
     def explain(
-        self, codes: np.ndarray, category_paths: list[list[str]] | None = None
+        self,
+        codes: np.ndarray,
+        category_paths: list[list[str]] | None = None,
+        pause: Callable[[], None] | None = None,
     ) -> list[list[TagScore]]:
         """Generated tag path with per-level confidence for each ID (N, D), read from the tag heads
         (``service.explanations.read_tag_paths``: no placeholder classes, a real path of the taxonomy);
@@ -207,17 +216,18 @@ class Recommender:
 
         An explanation depends on the ID (and the row's catalogue path) alone, so it is computed once
         per catalogue row (when a snapshot is built, for the whole catalogue, ``EXPLAIN_ROWS`` at a
-        time) and looked up when serving.
+        time, ``pause`` called after each slice) and looked up when serving.
         """
         if codes.shape[0] > EXPLAIN_ROWS:
-            return [
-                path
-                for start in range(0, codes.shape[0], EXPLAIN_ROWS)
-                for path in self.explain(
-                    codes[start : start + EXPLAIN_ROWS],
-                    None if category_paths is None else category_paths[start : start + EXPLAIN_ROWS],
+            explained: list[list[TagScore]] = []
+            for start in range(0, codes.shape[0], EXPLAIN_ROWS):
+                rows = slice(start, start + EXPLAIN_ROWS)
+                explained += self.explain(
+                    codes[rows], None if category_paths is None else category_paths[rows]
                 )
-            ]
+                if pause is not None:
+                    pause()
+            return explained
         probs = self.tag_probabilities(codes)
         if not probs:
             return [[] for _ in range(codes.shape[0])]

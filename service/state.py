@@ -76,9 +76,10 @@ async def finish_within(name: str, work: Awaitable[None], seconds: float) -> boo
     return True
 
 
-#: at most this share of a CPU goes to loading a bundle while another one serves (``Pace``): on a
-#: core near its rated load the rest is what keeps the requests of a reload within their deadline
-RELOAD_CPU_SHARE = 0.25
+#: at most this share of a CPU goes to loading a bundle while another one serves (``Pace``): a core
+#: kept below its rated load by more than this (docs/OPERATIONS.md) still serves within its target
+#: while a reload runs
+RELOAD_CPU_SHARE = 0.15
 
 
 def _tags(scores: list[TagScore]) -> list[TagOut]:
@@ -162,7 +163,7 @@ class ServiceState:
         pace = Pace(cpu_share) if cpu_share is not None else None
         threads = DecodingLayout.for_cpus(cpu_limit()).threads
         bundle = load_bundle(path, settings.provider_list, threads, pace, serving)
-        recommender = Recommender(bundle)
+        recommender = Recommender(bundle, pause=pace)
         if pace is not None:
             pace()
         decoding = bundle.manifest.decoding

@@ -41,8 +41,10 @@ def test_a_catalogue_explained_in_slices_is_explained_as_in_one_call(
     recommender = Recommender(bundle)
     whole = recommender.snapshot.explanations  # 800 rows: one tag-heads call
     monkeypatch.setattr(recommender_module, "EXPLAIN_ROWS", 97)
-    sliced = recommender.explain(bundle.sids, bundle.catalogue.category_paths)
+    turns: list[int] = []  # a reload's Pace gets a turn after every slice
+    sliced = recommender.explain(bundle.sids, bundle.catalogue.category_paths, lambda: turns.append(1))
     assert len(sliced) == len(whole) == bundle.manifest.n_items
+    assert len(turns) == -(-bundle.manifest.n_items // 97)
     assert any(whole), "the tiny run's tag heads name some tags"
     for one, other in zip(sliced, whole, strict=True):
         assert [(t.path, t.class_id, t.matches_category) for t in one] == [
