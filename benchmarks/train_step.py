@@ -3,7 +3,9 @@
   python -m benchmarks.train_step --out benchmarks/results/train-step.json
 
 ``catalogue_cross_entropy`` (training/generator/losses.py) against
-``F.cross_entropy(users @ items.T, label_smoothing=...)``, forward and backward, and ``Dropout``
+``F.cross_entropy(users @ items.T, label_smoothing=...)``, forward and backward (ours in float32, and
+in bfloat16 as ``loss.dot_bf16`` runs it where the CPU multiplies bfloat16 natively, which the report
+records), and ``Dropout``
 (training/generator/model.py) against ``nn.Dropout``, forward and backward, at the sizes of a step of
 the ``cpu`` config (one torch thread, as it trains): the defaults are Sports' catalogue and a full
 batch of 256 histories. The two ways alternate, ``--repeats`` rounds of each, so that a slow spell
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.generator.losses import catalogue_cross_entropy
+from training.generator.losses import catalogue_cross_entropy, native_bf16
 from training.generator.model import Dropout
 
 
@@ -37,13 +39,15 @@ def seconds(work: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def cross_entropy_cases(rows: int, items: int, dim: int, smoothing: float) -> dict[str, Callable[[], None]]:
+def cross_entropy_cases(
+    rows: int, items: int, dim: int, smoothing: float, dtype: torch.dtype | None = None
+) -> dict[str, Callable[[], None]]:
     users = torch.randn(rows, dim, requires_grad=True)
     table = torch.randn(items, dim, requires_grad=True)
     targets = torch.randint(0, items, (rows,))
 
     def ours() -> None:
-        catalogue_cross_entropy(users, table, targets, smoothing).backward()
+        catalogue_cross_entropy(users, table, targets, smoothing, dtype).backward()
 
     def torchs() -> None:
         F.cross_entropy(users @ table.T, targets, label_smoothing=smoothing).backward()
@@ -91,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         "catalogue cross-entropy": compare(
             cross_entropy_cases(args.rows, args.items, args.dim, args.smoothing), args.repeats
         ),
+        "catalogue cross-entropy, bfloat16": compare(
+            cross_entropy_cases(args.rows, args.items, args.dim, args.smoothing, torch.bfloat16), args.repeats
+        ),
         "dropout": compare(dropout_cases(activations, args.dropout), args.repeats * 5),
     }
     width = max(map(len, results))
@@ -109,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             },
             "threads": 1,
             "results": results,
-            "machine": {"platform": platform.platform(), "torch": torch.__version__},
+            "machine": {
+                "platform": platform.platform(),
+                "torch": torch.__version__,
+                "native_bfloat16": native_bf16(torch.device("cpu")),
+            },
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -7,6 +7,7 @@ over the catalogue (the recipe of a strong SASRec): at 10^4 items one matrix pro
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "dot_loss",
     "generator_loss",
     "masked_granularity_loss",
+    "native_bf16",
 ]
 
 
@@ -43,6 +45,10 @@ class LossConfig:
     #: label smoothing of the dot-product head's softmax: the per-item hash rows are both read and
     #: ranked with, and a one-hot target lets them memorise the training sequences
     dot_smoothing: float = 0.0
+    #: the full softmax's (M, C) products and softmax in bfloat16 (float32 accumulation, float32
+    #: weights) where the hardware multiplies it natively (CUDA, CPUs with AVX512-BF16 or AMX):
+    #: that product is most of a CPU step; elsewhere float32, as emulated bfloat16 is slower
+    dot_bf16: bool = False
     item_temperature: float = 0.5
     seq_temperature: float = 1.0
 
@@ -119,24 +125,28 @@ class _CatalogueCrossEntropy(torch.autograd.Function):
     logits, the log-softmax, a zeroed gradient, a scattered one and a smoothing term. Here the product
     is written once and turned into the softmax in place (kept for the backward, which turns it into
     the gradient in place: ``softmax - (1 - eps) * onehot - eps / C``); the target and mean logits come
-    from row products that never touch it.
+    from row products that never touch it. With ``dtype`` bfloat16 the two catalogue-sized products and
+    the softmax run at that width (float32 accumulation) and the gradients return in the inputs' dtype.
     """
 
     @staticmethod
-    def forward(ctx: Any, users: Tensor, items: Tensor, targets: Tensor, eps: float) -> Tensor:
-        probs = users @ items.T  # (M, C): the one big buffer
+    def forward(
+        ctx: Any, users: Tensor, items: Tensor, targets: Tensor, eps: float, dtype: torch.dtype | None
+    ) -> Tensor:
+        low_users, low_items = users.to(dtype or users.dtype), items.to(dtype or items.dtype)
+        probs = low_users @ low_items.T  # (M, C): the one big buffer
         top = probs.amax(1, keepdim=True)
-        total = probs.sub_(top).exp_().sum(1, keepdim=True)
+        total = probs.sub_(top).exp_().sum(1, keepdim=True)  # accumulated in float32, rounded to dtype
         probs.div_(total)
-        lse = top.squeeze(1) + total.squeeze(1).log()  # (M,)
+        lse = (top.to(users.dtype) + total.to(users.dtype).log()).squeeze(1)  # (M,)
         picked = (users * items[targets]).sum(1)
         mean_logit = users @ items.mean(0)
-        ctx.save_for_backward(users, items, targets)
-        ctx.probs, ctx.eps = probs, eps  # not saved_tensors: the backward overwrites it
+        ctx.save_for_backward(low_users, low_items, targets)
+        ctx.probs, ctx.eps, ctx.dtype = probs, eps, users.dtype  # probs: the backward overwrites it
         return (lse - (1 - eps) * picked - eps * mean_logit).mean()
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
         users, items, targets = ctx.saved_tensors
         if ctx.probs is None:
             raise RuntimeError("catalogue_cross_entropy supports one backward per graph")
@@ -145,13 +155,23 @@ class _CatalogueCrossEntropy(torch.autograd.Function):
         out.sub_(ctx.eps / c)
         out[torch.arange(m, device=out.device), targets] -= 1 - ctx.eps
         out.mul_(grad / m)
-        return out @ items, out.T @ users, None, None
+        return (out @ items).to(ctx.dtype), (out.T @ users).to(ctx.dtype), None, None, None
 
 
-def catalogue_cross_entropy(users: Tensor, items: Tensor, targets: Tensor, smoothing: float) -> Tensor:
+def catalogue_cross_entropy(
+    users: Tensor, items: Tensor, targets: Tensor, smoothing: float, dtype: torch.dtype | None = None
+) -> Tensor:
     """Mean label-smoothed cross-entropy of the logits ``users`` (M, d) @ ``items`` (C, d).T against
-    ``targets`` (M,)."""
-    return _CatalogueCrossEntropy.apply(users, items, targets, smoothing)
+    ``targets`` (M,), with the (M, C) products and softmax in ``dtype`` (default: the inputs')."""
+    return _CatalogueCrossEntropy.apply(users, items, targets, smoothing, dtype)
+
+
+@functools.cache
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (not by emulation)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def dot_loss(
@@ -165,7 +185,10 @@ def dot_loss(
     """
     n_items, negatives = sid_table.shape[0] - 1, config.dot_negatives
     if negatives <= 0 or negatives >= n_items:
-        return catalogue_cross_entropy(users, model.item_table(sid_table[1:]), targets, config.dot_smoothing)
+        dtype = torch.bfloat16 if config.dot_bf16 and native_bf16(users.device) else None
+        return catalogue_cross_entropy(
+            users, model.item_table(sid_table[1:]), targets, config.dot_smoothing, dtype
+        )
     sampled = torch.randint(n_items, (negatives,), device=users.device)  # (S,)
     items = torch.cat([targets, sampled]) + 1  # tokens
     table = model.item_vectors(items, sid_table[items])  # (M + S, item_dim)

@@ -86,6 +86,22 @@ def test_catalogue_cross_entropy_matches_torch_in_value_and_gradient(smoothing: 
         assert torch.allclose(got, expected)
 
 
+def test_catalogue_cross_entropy_in_bfloat16_stays_close_to_float64() -> None:
+    torch.manual_seed(0)
+    users = torch.randn(64, 16, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(2000, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(2000, (64,))
+    exact = catalogue_cross_entropy(users, items, targets, 0.1)
+    exact_grads = torch.autograd.grad(exact, (users, items))
+    low = catalogue_cross_entropy(users, items, targets, 0.1, torch.bfloat16)
+    low_grads = torch.autograd.grad(low, (users, items))
+    assert low.dtype == torch.float64
+    assert abs(float(low - exact)) < 0.02 * float(exact)
+    for got, expected in zip(low_grads, exact_grads, strict=True):
+        assert got.dtype == torch.float64
+        assert float((got - expected).norm() / expected.norm()) < 0.02
+
+
 def test_loss_decreases_on_a_fixed_batch(shop: Dataset) -> None:
     torch.manual_seed(0)
     sids = random_unique_ids(shop.n_items)
