@@ -82,6 +82,20 @@ async def finish_within(name: str, work: Awaitable[None], seconds: float) -> boo
 RELOAD_CPU_SHARE = 0.15
 
 
+#: the tables other replicas and tools read from the store (``service.store``); the ranking tables
+#: (item table, text encoder, prefix index) are megabytes that only this process uses, and writing them
+#: on every reload held up the requests served meanwhile
+PUBLISHED_TABLES = ("sids", "catalogue", "tags")
+
+
+def _published_tables(bundle: LoadedBundle) -> dict[str, bytes]:
+    """The manifest and ``PUBLISHED_TABLES`` as bytes, read from the bundle directory."""
+    tables = {"manifest": (bundle.path / "manifest.json").read_bytes()}
+    for name in PUBLISHED_TABLES:
+        tables[name] = (bundle.path / bundle.manifest.tables[name].file).read_bytes()
+    return tables
+
+
 def _tags(scores: list[TagScore]) -> list[TagOut]:
     return [TagOut(tag=t.tag, confidence=t.confidence, matches_category=t.matches_category) for t in scores]
 
@@ -176,10 +190,7 @@ class ServiceState:
     async def _attach(self, recommender: Recommender) -> None:
         """Publish the bundle's tables and bring in the cold-start items other replicas registered."""
         bundle = recommender.bundle
-        tables = {"manifest": (bundle.path / "manifest.json").read_bytes()}
-        for name, spec in bundle.manifest.tables.items():
-            if name != "text_encoder":  # large, and of no use to other tools
-                tables[name] = (bundle.path / spec.file).read_bytes()
+        tables = await asyncio.to_thread(_published_tables, bundle)
         await self.store.start(bundle.bundle_id, tables)
         await self.catch_up(recommender)
 

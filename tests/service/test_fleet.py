@@ -128,6 +128,23 @@ def test_events_written_through_one_replica_are_read_by_the_other(
         assert more.json()["history_length"] == 4
 
 
+def test_a_replica_publishes_the_tables_other_tools_read_and_keeps_the_ranking_tables(
+    tiny_run: TinyRun, redis_target: RedisTarget
+) -> None:
+    """The store holds the manifest, ID table, catalogue and tags byte for byte; the prefix index and
+    the ranking tables, which only the serving process reads, are not uploaded at every (re)load."""
+    with replicas(tiny_run.bundle, redis_target, n=1) as (client,):
+        bundle = service(client).bundle
+        base = f"{redis_target.prefix}:bundle:{{{bundle.bundle_id}}}:"
+        stored = {k.decode().removeprefix(base) for k in redis_target.client.scan_iter(f"{base}*")}
+        published = {"manifest": "manifest.json"} | {
+            name: bundle.manifest.tables[name].file for name in ("sids", "catalogue", "tags")
+        }
+        for name, file in published.items():
+            assert redis_target.client.get(base + name) == (tiny_run.bundle / file).read_bytes()
+        assert stored.isdisjoint({"prefix_index", "item_table", "text_encoder"})
+
+
 def test_a_reload_moves_the_fleet_and_a_replica_that_cannot_follow_says_so(
     tiny_run: TinyRun, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
